@@ -1,0 +1,439 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Memory mappings: [`MemoryMapping`] and its builder, [`MemoryMappingArena`], and the
+//! [`MappedRegion`] trait that lets a hypervisor treat them alike.
+
+mod arena;
+mod books;
+mod builder;
+mod protection;
+mod region;
+
+use std::mem::size_of;
+
+use remain::sorted;
+use thiserror::Error;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+pub use arena::MemoryMappingArena;
+pub use books::ArenaMapping;
+pub use builder::MemoryMappingBuilder;
+pub use protection::Protection;
+pub use region::{ExternalMapping, MappedRegion};
+
+use crate::descriptor::RawDescriptor;
+use crate::volatile::{VolatileMemory, VolatileMemoryError, VolatileMemoryResult, VolatileSlice};
+use crate::{cache, pagesize};
+
+/// Errors of the mmap module.
+#[sorted]
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The descriptor is closed or otherwise unusable.
+    #[error("descriptor {fd} cannot be mapped: {source}")]
+    BadDescriptor {
+        /// The descriptor.
+        fd: RawDescriptor,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
+    /// A cache flush failed.
+    #[error("cache flush failed: {0}")]
+    Cache(#[from] cache::Error),
+    /// A regular file is shorter than the range to map.
+    #[error(
+        "descriptor {fd} is a file of {file_size:#x} bytes, too short to map {size:#x} bytes at offset {offset:#x}"
+    )]
+    FileTooShort {
+        /// The descriptor.
+        fd: RawDescriptor,
+        /// The file's size.
+        file_size: u64,
+        /// Offset into the file.
+        offset: u64,
+        /// Bytes to map.
+        size: usize,
+    },
+    /// A range does not lie inside the region, or touches nothing mapped in an arena.
+    #[error("range {offset:#x}+{size:#x} in a region of {region_size:#x} bytes: {why}")]
+    InvalidAddress {
+        /// Start of the range.
+        offset: usize,
+        /// Its length.
+        size: usize,
+        /// Size of the region.
+        region_size: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The alignment is not a power of two.
+    #[error("alignment {align:#x} is not a power of two")]
+    InvalidAlignment {
+        /// The alignment asked for.
+        align: u64,
+    },
+    /// A file offset (with the size added) does not fit in `off_t`.
+    #[error("file range {offset:#x}+{size:#x} does not fit in off_t (max {max:#x})", max = i64::MAX)]
+    InvalidOffset {
+        /// Offset into the file.
+        offset: u64,
+        /// Bytes to map.
+        size: usize,
+    },
+    /// A size of zero where something must be mapped.
+    #[error("size 0 is not allowed for {what}")]
+    InvalidSize {
+        /// What was being sized.
+        what: &'static str,
+    },
+    /// An add overlaps a sub-mapping already in the arena.
+    #[error(
+        "range {offset:#x}+{size:#x} overlaps the mapping at {existing_offset:#x}+{existing_size:#x}"
+    )]
+    MappingOverlap {
+        /// Start of the new range.
+        offset: usize,
+        /// Its length.
+        size: usize,
+        /// Start of the existing sub-mapping.
+        existing_offset: usize,
+        /// Its length.
+        existing_size: usize,
+    },
+    /// `mmap` refused the mapping.
+    #[error(
+        "mmap of {size:#x} bytes ({protection:?}) from descriptor {fd:?} at offset {offset:#x} failed: {source}"
+    )]
+    Mmap {
+        /// The descriptor, or `None` for anonymous memory.
+        fd: Option<RawDescriptor>,
+        /// Offset into the descriptor.
+        offset: u64,
+        /// Bytes to map.
+        size: usize,
+        /// Protection asked for.
+        protection: Protection,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
+    /// An offset that must be page-aligned is not.
+    #[error("{what} {value:#x} is not aligned to the page size {page:#x}")]
+    NotPageAligned {
+        /// Which value.
+        what: &'static str,
+        /// The value.
+        value: u64,
+        /// The page size.
+        page: usize,
+    },
+    /// An offset was given for anonymous memory, which has no offset.
+    #[error("offset {offset:#x} given for an anonymous mapping")]
+    OffsetWithoutDescriptor {
+        /// The offset.
+        offset: u64,
+    },
+    /// An addition overflows.
+    #[error("{what}: {base:#x} + {len:#x} overflows")]
+    Overflow {
+        /// Which addition.
+        what: &'static str,
+        /// First operand.
+        base: u64,
+        /// Second operand.
+        len: u64,
+    },
+    /// `populate()` with `Protection::none()`: there is nothing to prefault.
+    #[error("populate() asked for a mapping with no access")]
+    PopulateWithoutAccess,
+    /// A syscall on an existing mapping failed.
+    #[error("{call} on range {offset:#x}+{size:#x} failed: {source}")]
+    SystemCall {
+        /// The syscall (`msync`, `madvise(MADV_REMOVE)`, `mprotect`...).
+        call: &'static str,
+        /// Start of the range, from the region's start.
+        offset: usize,
+        /// Its length.
+        size: usize,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
+    /// The region type cannot do this (for example `add_fd_mapping` on a plain mapping).
+    #[error("{op} is not supported by this region")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+    },
+    /// A bounds or alignment error of volatile access.
+    #[error(transparent)]
+    Volatile(#[from] VolatileMemoryError),
+}
+
+/// Result of the mmap module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What backs a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// Anonymous shared memory.
+    Anonymous,
+    /// A descriptor (file, memfd, device) mapped shared.
+    Descriptor {
+        /// Offset into the descriptor of the mapping's first byte.
+        offset: u64,
+    },
+}
+
+/// An owned mapping of memory into this process, unmapped on drop.
+///
+/// Built with [`MemoryMappingBuilder`]:
+///
+/// ```
+/// use base::{MemoryMappingBuilder, VolatileMemory};
+/// let mem = MemoryMappingBuilder::new(4096).build().unwrap();
+/// mem.write_obj(0x1234_5678u32, 16).unwrap();
+/// assert_eq!(mem.read_obj::<u32>(16).unwrap(), 0x1234_5678);
+/// assert_eq!(mem.write_slice(&[1, 2, 3], 4094).unwrap(), 2); // only two bytes fit
+/// assert!(mem.get_slice(4090, 8).is_err());
+/// ```
+#[derive(Debug)]
+pub struct MemoryMapping {
+    addr: *mut u8,
+    size: usize,
+    protection: Protection,
+    backing: Backing,
+}
+
+// SAFETY: the mapping is plain process memory that lives until drop; every access through
+// the API is a raw copy or a volatile access, which is how memory that other threads (or a
+// guest) may touch must be treated anyway.
+unsafe impl Send for MemoryMapping {}
+// SAFETY: as for Send; no method assumes exclusive access to the bytes.
+unsafe impl Sync for MemoryMapping {}
+
+impl MemoryMapping {
+    /// The mapping's length in bytes, as asked of the builder.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The first byte's address.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr
+    }
+
+    /// The protection it was built with.
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    /// What backs it.
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+
+    fn whole(&self) -> VolatileSlice<'_> {
+        // SAFETY: `addr..addr + size` stays mapped until `self` is dropped, which the borrow
+        // prevents while the slice lives.
+        unsafe { VolatileSlice::from_raw_parts(self.addr, self.size) }
+    }
+
+    /// Copies as much of `buf` as fits at `offset` and returns how many bytes that was. An
+    /// `offset` past the end is an error; at the end, 0 bytes are written.
+    pub fn write_slice(&self, buf: &[u8], offset: usize) -> Result<usize> {
+        Ok(self.whole().offset(offset)?.copy_from(buf))
+    }
+
+    /// Fills as much of `buf` as the mapping holds from `offset` and returns how many bytes
+    /// that was. An `offset` past the end is an error.
+    pub fn read_slice(&self, buf: &mut [u8], offset: usize) -> Result<usize> {
+        Ok(self.whole().offset(offset)?.copy_to(buf))
+    }
+
+    /// Writes `val` at `offset` (unaligned allowed). Not atomic.
+    #[inline]
+    pub fn write_obj<T: IntoBytes + Immutable>(&self, val: T, offset: usize) -> Result<()> {
+        Ok(self.whole().write_obj(val, offset)?)
+    }
+
+    /// Reads a `T` at `offset` (unaligned allowed). Not atomic.
+    #[inline]
+    pub fn read_obj<T: FromBytes>(&self, offset: usize) -> Result<T> {
+        Ok(self.whole().read_obj(offset)?)
+    }
+
+    /// Writes `val` at the aligned `offset`; 1, 2, 4 and 8-byte types in a single store.
+    #[inline]
+    pub fn write_obj_volatile<T: IntoBytes + Immutable>(
+        &self,
+        val: T,
+        offset: usize,
+    ) -> Result<()> {
+        Ok(self.whole().write_obj_volatile(val, offset)?)
+    }
+
+    /// Reads a `T` at the aligned `offset`; 1, 2, 4 and 8-byte types in a single load.
+    #[inline]
+    pub fn read_obj_volatile<T: FromBytes>(&self, offset: usize) -> Result<T> {
+        Ok(self.whole().read_obj_volatile(offset)?)
+    }
+
+    /// Writes dirty pages of a shared file mapping back to the file, and waits (`MS_SYNC`).
+    pub fn msync(&self) -> Result<()> {
+        syscall_on_range("msync", 0, self.size, || {
+            // SAFETY: msync only reads page state of our own mapping.
+            unsafe { libc::msync(self.addr as *mut libc::c_void, self.size, libc::MS_SYNC) }
+        })
+    }
+
+    /// Writes the cache lines that hold `offset..offset + len` back to memory.
+    pub fn flush_region(&self, offset: usize, len: usize) -> Result<()> {
+        let slice = self.whole().sub_slice(offset, len)?;
+        // SAFETY: the range was just checked to lie inside our live mapping.
+        unsafe { cache::flush_range(slice.as_ptr(), len) }?;
+        Ok(())
+    }
+
+    /// Writes every cache line of the mapping back to memory.
+    pub fn flush_all(&self) -> Result<()> {
+        self.flush_region(0, self.size)
+    }
+
+    /// Gives the pages of `offset..offset + count` back to the kernel (`MADV_REMOVE`); reads
+    /// then return zeros. `offset` must be page-aligned; `count` is rounded up to a page.
+    pub fn remove_range(&self, offset: usize, count: usize) -> Result<()> {
+        self.advise_range(offset, count, libc::MADV_REMOVE, "madvise(MADV_REMOVE)")
+    }
+
+    /// Asks for transparent huge pages (`MADV_HUGEPAGE`).
+    pub fn use_hugepages(&self) -> Result<()> {
+        self.advise_range(0, self.size, libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")
+    }
+
+    /// Keeps the mapping out of forked children (`MADV_DONTFORK`).
+    pub fn use_dontfork(&self) -> Result<()> {
+        self.advise_range(0, self.size, libc::MADV_DONTFORK, "madvise(MADV_DONTFORK)")
+    }
+
+    /// Faults in and locks every page in RAM (`mlock`).
+    pub fn lock_all(&self) -> Result<()> {
+        syscall_on_range("mlock", 0, self.size, || {
+            // SAFETY: mlock only changes page state of our own mapping.
+            unsafe { libc::mlock(self.addr as *const libc::c_void, self.size) }
+        })
+    }
+
+    /// Locks pages in RAM as they are first touched (`mlock2(MLOCK_ONFAULT)`).
+    pub fn lock_on_fault(&self) -> Result<()> {
+        syscall_on_range("mlock2(MLOCK_ONFAULT)", 0, self.size, || {
+            // SAFETY: mlock2 only changes page state of our own mapping.
+            unsafe {
+                libc::mlock2(
+                    self.addr as *const libc::c_void,
+                    self.size,
+                    libc::MLOCK_ONFAULT,
+                )
+            }
+        })
+    }
+
+    /// Undoes [`lock_all`](Self::lock_all) and [`lock_on_fault`](Self::lock_on_fault).
+    pub fn unlock(&self) -> Result<()> {
+        syscall_on_range("munlock", 0, self.size, || {
+            // SAFETY: munlock only changes page state of our own mapping.
+            unsafe { libc::munlock(self.addr as *const libc::c_void, self.size) }
+        })
+    }
+
+    fn advise_range(
+        &self,
+        offset: usize,
+        count: usize,
+        advice: libc::c_int,
+        call: &'static str,
+    ) -> Result<()> {
+        let Some(len) = check_page_range(offset, count, self.size)? else {
+            return Ok(());
+        };
+        syscall_on_range(call, offset, len, || {
+            // SAFETY: the range lies inside our own mapping (checked above); the advice only
+            // affects those pages.
+            unsafe { libc::madvise(self.addr.add(offset) as *mut libc::c_void, len, advice) }
+        })
+    }
+}
+
+impl VolatileMemory for MemoryMapping {
+    fn get_slice(&self, offset: usize, count: usize) -> VolatileMemoryResult<VolatileSlice<'_>> {
+        self.whole().sub_slice(offset, count)
+    }
+}
+
+impl Drop for MemoryMapping {
+    fn drop(&mut self) {
+        // SAFETY: we own `addr..addr + size` and nothing can use it after drop.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size) };
+    }
+}
+
+/// Rounds `value` up to a whole number of pages, or `None` on overflow.
+pub(crate) fn round_up_to_page(value: usize) -> Option<usize> {
+    let page = pagesize();
+    value.checked_add(page - 1).map(|v| v & !(page - 1))
+}
+
+/// Validates a range for msync/madvise/protect: `offset` page-aligned, `offset + size` inside
+/// `region_size`. Returns the length rounded up to whole pages, or `None` when `size` is 0.
+pub(crate) fn check_page_range(
+    offset: usize,
+    size: usize,
+    region_size: usize,
+) -> Result<Option<usize>> {
+    let page = pagesize();
+    if offset % page != 0 {
+        return Err(Error::NotPageAligned {
+            what: "offset",
+            value: offset as u64,
+            page,
+        });
+    }
+    let end = offset.checked_add(size).ok_or(Error::Overflow {
+        what: "offset + size",
+        base: offset as u64,
+        len: size as u64,
+    })?;
+    if end > region_size {
+        return Err(Error::InvalidAddress {
+            offset,
+            size,
+            region_size,
+            why: "runs past the end",
+        });
+    }
+    if size == 0 {
+        return Ok(None);
+    }
+    // `end <= region_size`, whose page rounding is mapped, so this cannot overflow.
+    Ok(Some(round_up_to_page(size).unwrap_or(size)))
+}
+
+/// Runs a syscall that returns -1 on failure and names the range in the error.
+pub(crate) fn syscall_on_range(
+    call: &'static str,
+    offset: usize,
+    size: usize,
+    f: impl FnOnce() -> libc::c_int,
+) -> Result<()> {
+    if f() < 0 {
+        return Err(Error::SystemCall {
+            call,
+            offset,
+            size,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+// Offsets move between usize and u64 freely: these crates target 64-bit Linux only.
+const _: () = assert!(size_of::<usize>() == size_of::<u64>());

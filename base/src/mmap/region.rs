@@ -1,0 +1,175 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! [`MappedRegion`]: what a hypervisor needs of a piece of host memory to hand it to a guest.
+
+use super::{check_page_range, syscall_on_range, Error, MemoryMapping, Protection, Result};
+use crate::descriptor::AsRawDescriptor;
+
+/// A range of host address space that a hypervisor can register as guest memory.
+///
+/// # Safety
+///
+/// Implementers promise that `as_ptr()..as_ptr() + size()` is address space owned by the value
+/// (mapped or reserved) for as long as it lives, never unmapped behind the caller's back, and
+/// that [`for_each_mapped_range`](Self::for_each_mapped_range) reports only parts of it that
+/// are really mapped.
+pub unsafe trait MappedRegion: Send + Sync {
+    /// The first byte's address.
+    fn as_ptr(&self) -> *mut u8;
+
+    /// The length in bytes.
+    fn size(&self) -> usize;
+
+    /// Maps `size` bytes of `fd` at `fd_offset` into the region at `offset`. Only regions that
+    /// manage sub-mappings (arenas) support this.
+    fn add_fd_mapping(
+        &mut self,
+        offset: usize,
+        size: usize,
+        fd: &dyn AsRawDescriptor,
+        fd_offset: u64,
+        prot: Protection,
+    ) -> Result<()> {
+        let _ = (offset, size, fd, fd_offset, prot);
+        Err(Error::Unsupported {
+            op: "add_fd_mapping",
+        })
+    }
+
+    /// Removes what is mapped at `offset..offset + size`. Only arenas support this.
+    fn remove_mapping(&mut self, offset: usize, size: usize) -> Result<()> {
+        let _ = (offset, size);
+        Err(Error::Unsupported {
+            op: "remove_mapping",
+        })
+    }
+
+    /// Calls `f(offset, len)` for each mapped part of the page range `offset..offset + len`,
+    /// in order, and stops at the first error. A region that is mapped in whole (the default)
+    /// calls `f` once with the range itself; an arena skips its unmapped space and answers
+    /// [`Error::InvalidAddress`] when the range touches nothing mapped.
+    fn for_each_mapped_range(
+        &self,
+        offset: usize,
+        len: usize,
+        f: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        f(offset, len)
+    }
+}
+
+impl dyn MappedRegion {
+    /// Writes dirty pages of `offset..offset + size` back to their file and waits (`MS_SYNC`).
+    /// `offset` must be page-aligned; `size` is rounded up to a page; 0 does nothing.
+    pub fn msync(&self, offset: usize, size: usize) -> Result<()> {
+        self.on_mapped_ranges(offset, size, "msync", |addr, len| {
+            // SAFETY: `addr..addr + len` is a mapped part of this region; msync only writes
+            // its pages back.
+            unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_SYNC) }
+        })
+    }
+
+    /// Applies `madvise(advice)` to `offset..offset + size`, with the same range rules as
+    /// [`msync`](Self::msync). The kernel judges `advice` itself.
+    pub fn madvise(&self, offset: usize, size: usize, advice: libc::c_int) -> Result<()> {
+        self.on_mapped_ranges(offset, size, "madvise", |addr, len| {
+            // SAFETY: `addr..addr + len` is a mapped part of this region; the advice only
+            // affects those pages, whose contents the caller controls.
+            unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) }
+        })
+    }
+
+    fn on_mapped_ranges(
+        &self,
+        offset: usize,
+        size: usize,
+        call: &'static str,
+        mut f: impl FnMut(*mut u8, usize) -> libc::c_int,
+    ) -> Result<()> {
+        let Some(len) = check_page_range(offset, size, self.size())? else {
+            return Ok(());
+        };
+        let base = self.as_ptr();
+        self.for_each_mapped_range(offset, len, &mut |start, len| {
+            // SAFETY: `start` lies inside the region, as the trait contract promises.
+            let addr = unsafe { base.add(start) };
+            syscall_on_range(call, start, len, || f(addr, len))
+        })
+    }
+}
+
+// SAFETY: a MemoryMapping owns its whole range until drop and maps all of it.
+unsafe impl MappedRegion for MemoryMapping {
+    fn as_ptr(&self) -> *mut u8 {
+        self.addr
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+}
+
+/// Memory mapped by someone else (a library, another allocator) that a hypervisor should treat
+/// as a region. It is not unmapped on drop.
+#[derive(Debug)]
+pub struct ExternalMapping {
+    addr: *mut u8,
+    size: usize,
+}
+
+// SAFETY: the creator vouches that the memory outlives this value; access is raw or volatile.
+unsafe impl Send for ExternalMapping {}
+// SAFETY: as for Send.
+unsafe impl Sync for ExternalMapping {}
+
+impl ExternalMapping {
+    /// Wraps `size` bytes at `addr`, which must be a non-null, page-aligned address.
+    ///
+    /// # Safety
+    ///
+    /// `addr..addr + size` must stay mapped, and must not be unmapped or remapped by anyone,
+    /// for as long as the returned value (or a hypervisor slot made from it) lives.
+    pub unsafe fn new(addr: *mut u8, size: usize) -> Result<ExternalMapping> {
+        if size == 0 {
+            return Err(Error::InvalidSize {
+                what: "an external mapping",
+            });
+        }
+        if addr.is_null() {
+            return Err(Error::InvalidAddress {
+                offset: 0,
+                size,
+                region_size: size,
+                why: "an external mapping cannot start at the null address",
+            });
+        }
+        let page = crate::pagesize();
+        if (addr as usize) % page != 0 {
+            return Err(Error::NotPageAligned {
+                what: "external mapping address",
+                value: addr as u64,
+                page,
+            });
+        }
+        if (addr as usize).checked_add(size).is_none() {
+            return Err(Error::Overflow {
+                what: "external mapping address + size",
+                base: addr as u64,
+                len: size as u64,
+            });
+        }
+        Ok(ExternalMapping { addr, size })
+    }
+}
+
+// SAFETY: the constructor's caller vouched that the range stays mapped, in whole, for our life.
+unsafe impl MappedRegion for ExternalMapping {
+    fn as_ptr(&self) -> *mut u8 {
+        self.addr
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+}
