@@ -28,6 +28,14 @@ pub enum VolatileMemoryError {
         /// The object's size.
         size: usize,
     },
+    /// Part of the range is not backed by read-write memory (an arena's unmapped space).
+    #[error("range {offset:#x}+{count:#x} is not wholly backed by read-write memory")]
+    NotMapped {
+        /// Start of the range.
+        offset: usize,
+        /// Its length.
+        count: usize,
+    },
     /// The range runs past the end of the memory.
     #[error("range {offset:#x}+{count:#x} runs past the end of memory of {size:#x} bytes")]
     OutOfBounds {

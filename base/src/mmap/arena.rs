@@ -13,6 +13,9 @@ use super::{
 };
 use crate::descriptor::AsRawDescriptor;
 use crate::pagesize;
+use crate::volatile::{
+    compute_end, VolatileMemory, VolatileMemoryError, VolatileMemoryResult, VolatileSlice,
+};
 
 /// A range of address space reserved up front, into which anonymous memory and descriptors are
 /// mapped and unmapped at chosen offsets.
@@ -314,6 +317,27 @@ unsafe impl MappedRegion for MemoryMappingArena {
             return Err(self.nothing_mapped(offset, len));
         }
         Ok(())
+    }
+}
+
+impl VolatileMemory for MemoryMappingArena {
+    /// A slice of `offset..offset + count`, which must be covered, without a gap, by read-write
+    /// sub-mappings. The borrow keeps `remove` and `protect` away while the slice lives.
+    fn get_slice(&self, offset: usize, count: usize) -> VolatileMemoryResult<VolatileSlice<'_>> {
+        let end = compute_end(offset, count, self.size)?;
+        let mut covered = offset;
+        for m in self.books.overlapping(offset, count) {
+            if m.offset > covered || m.protection != Protection::read_write() {
+                break;
+            }
+            covered = m.offset + m.size;
+        }
+        if covered < end {
+            return Err(VolatileMemoryError::NotMapped { offset, count });
+        }
+        // SAFETY: every byte of the range is mapped read-write (checked above) and stays so
+        // while `&self` is borrowed, since only `&mut self` methods change the mappings.
+        Ok(unsafe { VolatileSlice::from_raw_parts(self.addr.add(offset), count) })
     }
 }
 

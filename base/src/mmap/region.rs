@@ -71,7 +71,7 @@ impl dyn MappedRegion {
     }
 
     /// Applies `madvise(advice)` to `offset..offset + size`, with the same range rules as
-    /// [`msync`](Self::msync). The kernel judges `advice` itself.
+    /// `msync`. The kernel judges `advice` itself.
     pub fn madvise(&self, offset: usize, size: usize, advice: libc::c_int) -> Result<()> {
         self.on_mapped_ranges(offset, size, "madvise", |addr, len| {
             // SAFETY: `addr..addr + len` is a mapped part of this region; the advice only
