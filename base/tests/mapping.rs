@@ -1,0 +1,518 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! MemoryMapping and its builder: happy paths, access, and every refusal.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+use base::mmap::Error;
+use base::{
+    AsRawDescriptor, Backing, ExternalMapping, MappedRegion, MemfdSeals, MemoryMappingBuilder,
+    Protection, RawDescriptor, SharedMemory, VolatileMemory, VolatileMemoryError,
+};
+
+mod common;
+
+const PAGE: usize = 4096;
+
+/// A descriptor number of our choosing, as a hostile caller would pass.
+struct RawNumber(RawDescriptor);
+
+impl AsRawDescriptor for RawNumber {
+    fn as_raw_descriptor(&self) -> RawDescriptor {
+        self.0
+    }
+}
+
+#[test]
+fn anonymous_mapping_is_shared_zeroed_and_sized() {
+    let m = MemoryMappingBuilder::new(3 * PAGE + 5).build().unwrap();
+    assert_eq!(m.size(), 3 * PAGE + 5);
+    assert_eq!(m.backing(), Backing::Anonymous);
+    assert_eq!(m.protection(), Protection::read_write());
+    assert!(m.get_slice(0, m.size()).unwrap().is_all_zero());
+    let perms = common::page_perms(m.as_ptr() as usize, 4 * PAGE);
+    assert!(perms.iter().all(|p| p == "rw-s"), "{perms:?}");
+}
+
+#[test]
+fn file_mapping_at_offset_reaches_the_file() {
+    let mut file = common::temp_file(4 * PAGE as u64);
+    let m = MemoryMappingBuilder::new(2 * PAGE)
+        .from_file(&file)
+        .offset(PAGE as u64)
+        .build()
+        .unwrap();
+    assert_eq!(
+        m.backing(),
+        Backing::Descriptor {
+            offset: PAGE as u64
+        }
+    );
+    m.write_slice(b"through the mapping", 10).unwrap();
+    m.msync().unwrap();
+    let mut back = [0u8; 19];
+    file.read_exact_at(&mut back, PAGE as u64 + 10).unwrap();
+    assert_eq!(&back, b"through the mapping");
+    // And the other way: a write to the file shows in the mapping.
+    file.seek(SeekFrom::Start(3 * PAGE as u64 - 4)).unwrap();
+    file.write_all(b"tail").unwrap();
+    let mut tail = [0u8; 4];
+    assert_eq!(m.read_slice(&mut tail, 2 * PAGE - 4).unwrap(), 4);
+    assert_eq!(&tail, b"tail");
+}
+
+#[test]
+fn read_only_protection_and_descriptor_mapping() {
+    let shm = SharedMemory::new("ro", 2 * PAGE as u64).unwrap();
+    let writer = MemoryMappingBuilder::new(2 * PAGE)
+        .from_descriptor(&shm)
+        .build()
+        .unwrap();
+    writer.write_obj(77u64, PAGE + 8).unwrap();
+    let reader = MemoryMappingBuilder::new(PAGE)
+        .from_shared_memory(&shm)
+        .offset(PAGE as u64)
+        .protection(Protection::read())
+        .build()
+        .unwrap();
+    assert_eq!(reader.read_obj::<u64>(8).unwrap(), 77);
+    let perms = common::page_perms(reader.as_ptr() as usize, PAGE);
+    assert_eq!(perms, ["r--s"]);
+}
+
+#[test]
+fn aligned_and_populated_mappings() {
+    for align in [PAGE as u64, 64 << 10, 2 << 20, 1 << 30] {
+        let m = MemoryMappingBuilder::new(PAGE + 1)
+            .align(align)
+            .populate()
+            .build()
+            .unwrap();
+        assert_eq!(m.as_ptr() as u64 % align, 0, "align {align:#x}");
+        // Trimmed: the pages around it are not ours.
+        let perms = common::page_perms(m.as_ptr() as usize, 2 * PAGE);
+        assert_eq!(perms, ["rw-s", "rw-s"]);
+    }
+    // Alignments below a page are a page.
+    let m = MemoryMappingBuilder::new(PAGE).align(1).build().unwrap();
+    assert_eq!(m.as_ptr() as usize % PAGE, 0);
+    let file = common::temp_file(4 << 20);
+    let m = MemoryMappingBuilder::new(2 << 20)
+        .from_file(&file)
+        .offset(2 << 20)
+        .align(2 << 20)
+        .populate()
+        .build()
+        .unwrap();
+    assert_eq!(m.as_ptr() as usize % (2 << 20), 0);
+}
+
+#[test]
+fn refuses_bad_sizes_and_alignments() {
+    let err = MemoryMappingBuilder::new(0).build().unwrap_err();
+    assert!(matches!(err, Error::InvalidSize { .. }), "{err}");
+    for align in [0u64, 3, 4097, u64::MAX] {
+        let err = MemoryMappingBuilder::new(PAGE)
+            .align(align)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidAlignment { align: a } if a == align),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("{align:#x}")), "{err}");
+    }
+    // size + alignment overflows.
+    let err = MemoryMappingBuilder::new(usize::MAX / 2 + 1)
+        .align(1 << 63)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Overflow { .. }), "{err}");
+    // Size rounding overflows.
+    let err = MemoryMappingBuilder::new(usize::MAX).build().unwrap_err();
+    assert!(matches!(err, Error::Overflow { .. }), "{err}");
+    // Too big for the address space: the kernel says no, with the size in the message.
+    let err = MemoryMappingBuilder::new(1 << 62).build().unwrap_err();
+    assert!(matches!(err, Error::Mmap { .. }), "{err}");
+    assert!(err.to_string().contains("0x4000000000000000"), "{err}");
+    let err = MemoryMappingBuilder::new(PAGE)
+        .align(1 << 62)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Mmap { .. }), "{err}");
+}
+
+#[test]
+fn refuses_bad_offsets() {
+    let file = common::temp_file(8 * PAGE as u64);
+    let build = |offset: u64, size: usize| {
+        MemoryMappingBuilder::new(size)
+            .from_file(&file)
+            .offset(offset)
+            .build()
+    };
+    for (offset, size) in [
+        (i64::MAX as u64 + 1, PAGE),
+        (u64::MAX, 1),
+        (u64::MAX - PAGE as u64 + 1, PAGE),
+        (i64::MAX as u64 - PAGE as u64 + 1, 2 * PAGE),
+    ] {
+        let err = build(offset, size).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidOffset { offset: o, size: s } if o == offset && s == size),
+            "{offset:#x}: {err}"
+        );
+        assert!(err.to_string().contains(&format!("{offset:#x}")), "{err}");
+    }
+    let err = build(100, PAGE).unwrap_err();
+    assert!(
+        matches!(err, Error::NotPageAligned { value: 100, .. }),
+        "{err}"
+    );
+    let err = MemoryMappingBuilder::new(PAGE)
+        .offset(PAGE as u64)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::OffsetWithoutDescriptor { offset } if offset == PAGE as u64));
+    // Offset 0 on anonymous memory is simply the default.
+    MemoryMappingBuilder::new(PAGE).offset(0).build().unwrap();
+}
+
+#[test]
+fn refuses_short_regular_files_but_not_char_devices_or_growable_memfds() {
+    let file = common::temp_file(2 * PAGE as u64 + 10);
+    let fd = file.as_raw_descriptor();
+    // Exactly long enough, including a partial last page.
+    MemoryMappingBuilder::new(2 * PAGE + 10)
+        .from_file(&file)
+        .build()
+        .unwrap();
+    MemoryMappingBuilder::new(PAGE + 10)
+        .from_file(&file)
+        .offset(PAGE as u64)
+        .build()
+        .unwrap();
+    for (offset, size) in [
+        (0, 2 * PAGE + 11),
+        (PAGE as u64, 2 * PAGE),
+        (4 * PAGE as u64, 1),
+    ] {
+        let err = MemoryMappingBuilder::new(size)
+            .from_file(&file)
+            .offset(offset)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::FileTooShort { fd: f, file_size, offset: o, size: s }
+                if f == fd && file_size == 2 * PAGE as u64 + 10 && o == offset && s == size),
+            "{err}"
+        );
+    }
+    // /dev/zero has no length to check.
+    let zero = File::open("/dev/zero").unwrap();
+    let m = MemoryMappingBuilder::new(PAGE)
+        .from_file(&zero)
+        .protection(Protection::read())
+        .build()
+        .unwrap();
+    assert_eq!(m.read_obj::<u64>(0).unwrap(), 0);
+    // A memfd that may still grow is not held to its current size; a sealed one is.
+    let mut shm = SharedMemory::new("grow", PAGE as u64).unwrap();
+    MemoryMappingBuilder::new(4 * PAGE)
+        .from_shared_memory(&shm)
+        .build()
+        .unwrap();
+    let mut seals = MemfdSeals::new();
+    seals.set_grow_seal();
+    shm.add_seals(seals).unwrap();
+    let err = MemoryMappingBuilder::new(4 * PAGE)
+        .from_shared_memory(&shm)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::FileTooShort { .. }), "{err}");
+}
+
+#[test]
+fn refuses_closed_hostile_and_unmappable_descriptors() {
+    for fd in [-1, i32::MAX, i32::MIN] {
+        let err = MemoryMappingBuilder::new(PAGE)
+            .from_descriptor(&RawNumber(fd))
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::BadDescriptor { fd: f, .. } if f == fd),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&fd.to_string()), "{err}");
+    }
+    // A descriptor that was open and is now closed. It is duplicated high up first, because
+    // the kernel hands out the lowest free number and other tests must not reuse it meanwhile.
+    let closed = {
+        let file = common::temp_file(PAGE as u64);
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor we own and close right below.
+        let high = unsafe { libc::fcntl(file.as_raw_descriptor(), libc::F_DUPFD_CLOEXEC, 900) };
+        assert!(high >= 900);
+        // SAFETY: `high` is ours and nothing else refers to it.
+        unsafe { libc::close(high) };
+        high
+    };
+    let err = MemoryMappingBuilder::new(PAGE)
+        .from_descriptor(&RawNumber(closed))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BadDescriptor { fd, .. } if fd == closed),
+        "{err}"
+    );
+
+    let (read_end, _write_end) = std::io::pipe().unwrap();
+    let err = MemoryMappingBuilder::new(PAGE)
+        .from_descriptor(&read_end)
+        .build()
+        .unwrap_err();
+    let fd = read_end.as_raw_descriptor();
+    assert!(
+        matches!(err, Error::Mmap { fd: Some(f), .. } if f == fd),
+        "{err}"
+    );
+    let dir = File::open("/").unwrap();
+    let err = MemoryMappingBuilder::new(PAGE)
+        .from_file(&dir)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Mmap { .. }), "{err}");
+    // A read-only descriptor cannot be mapped shared and writable.
+    let ro = common::read_only_file(PAGE as u64);
+    let err = MemoryMappingBuilder::new(PAGE)
+        .from_file(&ro)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Mmap { source, .. } if source.raw_os_error() == Some(libc::EACCES)),
+        "{err}"
+    );
+}
+
+#[test]
+fn populate_without_access_is_refused() {
+    let err = MemoryMappingBuilder::new(PAGE)
+        .protection(Protection::none())
+        .populate()
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::PopulateWithoutAccess), "{err}");
+    // Without populate a PROT_NONE mapping is fine (a guard or a reservation).
+    MemoryMappingBuilder::new(PAGE)
+        .protection(Protection::none())
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn slices_copy_what_fits_and_refuse_offsets_past_the_end() {
+    let m = MemoryMappingBuilder::new(100).build().unwrap();
+    assert_eq!(m.write_slice(&[1; 30], 90).unwrap(), 10);
+    assert_eq!(m.write_slice(&[1; 30], 100).unwrap(), 0);
+    assert_eq!(m.write_slice(&[], 50).unwrap(), 0);
+    let mut buf = [0u8; 30];
+    assert_eq!(m.read_slice(&mut buf, 85).unwrap(), 15);
+    assert_eq!(&buf[..15], &[0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+    assert_eq!(m.read_slice(&mut buf, 100).unwrap(), 0);
+    for offset in [101, usize::MAX] {
+        let err = m.write_slice(&[1], offset).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Volatile(VolatileMemoryError::OutOfBounds { .. })
+            ),
+            "{err}"
+        );
+        assert!(m.read_slice(&mut buf, offset).is_err());
+    }
+}
+
+#[test]
+fn objects_plain_and_volatile_with_bounds() {
+    let m = MemoryMappingBuilder::new(64).build().unwrap();
+    m.write_obj(0x0102_0304_0506_0708u64, 3).unwrap();
+    assert_eq!(m.read_obj::<u64>(3).unwrap(), 0x0102_0304_0506_0708);
+    m.write_obj(0xffu8, 63).unwrap();
+    assert!(m.write_obj(0u16, 63).is_err());
+    assert!(m.read_obj::<u64>(57).is_err());
+    assert!(m.read_obj::<u64>(usize::MAX - 2).is_err());
+    m.write_obj_volatile(0xabcd_u16, 62).unwrap();
+    assert_eq!(m.read_obj_volatile::<u16>(62).unwrap(), 0xabcd);
+    let err = m.read_obj_volatile::<u32>(2).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Volatile(VolatileMemoryError::Unaligned { align: 4, .. })
+    ));
+    assert!(m.write_obj_volatile(0u64, 64).is_err());
+    assert!(m.write_obj_volatile(0u64, usize::MAX - 7).is_err());
+}
+
+#[test]
+fn flush_region_checks_its_range() {
+    let m = MemoryMappingBuilder::new(3 * PAGE).build().unwrap();
+    m.write_slice(&[9; 100], 50).unwrap();
+    m.flush_region(50, 100).unwrap();
+    m.flush_region(3 * PAGE, 0).unwrap();
+    m.flush_all().unwrap();
+    for (offset, len) in [
+        (3 * PAGE, 1),
+        (0, 3 * PAGE + 1),
+        (usize::MAX, 2),
+        (1, usize::MAX),
+    ] {
+        let err = m.flush_region(offset, len).unwrap_err();
+        assert!(
+            matches!(err, Error::Volatile(_)),
+            "{offset:#x}+{len:#x}: {err}"
+        );
+    }
+}
+
+#[test]
+fn remove_range_zeroes_pages_and_checks_its_range() {
+    let m = MemoryMappingBuilder::new(4 * PAGE).build().unwrap();
+    m.get_slice(0, 4 * PAGE).unwrap().write_bytes(0xee);
+    m.remove_range(PAGE, PAGE + 1).unwrap(); // rounded up to two pages
+    assert!(m.get_slice(PAGE, 2 * PAGE).unwrap().is_all_zero());
+    assert_eq!(m.read_obj::<u8>(PAGE - 1).unwrap(), 0xee);
+    assert_eq!(m.read_obj::<u8>(3 * PAGE).unwrap(), 0xee);
+    m.remove_range(0, 0).unwrap();
+    let err = m.remove_range(10, PAGE).unwrap_err();
+    assert!(
+        matches!(err, Error::NotPageAligned { value: 10, .. }),
+        "{err}"
+    );
+    let err = m.remove_range(2 * PAGE, 3 * PAGE).unwrap_err();
+    assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
+    let err = m.remove_range(PAGE, usize::MAX).unwrap_err();
+    assert!(matches!(err, Error::Overflow { .. }), "{err}");
+}
+
+fn locked_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn advice_and_locking() {
+    let m = MemoryMappingBuilder::new(2 << 20)
+        .align(2 << 20)
+        .build()
+        .unwrap();
+    m.use_hugepages().unwrap();
+    m.use_dontfork().unwrap();
+    // Locking is the only test in this binary that changes VmLck.
+    let before = locked_kib();
+    m.lock_all().unwrap();
+    assert!(locked_kib() >= before + 2048, "mlock did not lock 2 MiB");
+    m.unlock().unwrap();
+    assert_eq!(locked_kib(), before);
+    m.lock_on_fault().unwrap();
+    m.write_obj(1u8, 0).unwrap();
+    m.unlock().unwrap();
+    let vmas = common::vmas();
+    let start = m.as_ptr() as usize;
+    assert!(vmas.iter().any(|v| v.start == start), "mapping listed");
+}
+
+#[test]
+fn mapped_region_range_operations() {
+    let file = common::temp_file(4 * PAGE as u64);
+    let m = MemoryMappingBuilder::new(4 * PAGE)
+        .from_file(&file)
+        .build()
+        .unwrap();
+    m.write_slice(b"page two", 2 * PAGE).unwrap();
+    let region: &dyn MappedRegion = &m;
+    region.msync(2 * PAGE, 8).unwrap();
+    let mut back = [0u8; 8];
+    file.read_exact_at(&mut back, 2 * PAGE as u64).unwrap();
+    assert_eq!(&back, b"page two");
+    region.msync(4 * PAGE, 0).unwrap();
+    let err = region.msync(5, PAGE).unwrap_err();
+    assert!(
+        matches!(err, Error::NotPageAligned { value: 5, .. }),
+        "{err}"
+    );
+    let err = region.msync(3 * PAGE, PAGE + 1).unwrap_err();
+    assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
+    assert!(err.to_string().contains("0x3000+0x1001"), "{err}");
+    let err = region.msync(PAGE, usize::MAX).unwrap_err();
+    assert!(matches!(err, Error::Overflow { .. }), "{err}");
+    region.madvise(0, PAGE, libc::MADV_WILLNEED).unwrap();
+    let err = region.madvise(0, PAGE, 12345).unwrap_err();
+    assert!(
+        matches!(&err, Error::SystemCall { call: "madvise", source, .. } if source.raw_os_error() == Some(libc::EINVAL)),
+        "{err}"
+    );
+    let mut m = m;
+    let region: &mut dyn MappedRegion = &mut m;
+    let err = region
+        .add_fd_mapping(0, PAGE, &file, 0, Protection::read())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                op: "add_fd_mapping"
+            }
+        ),
+        "{err}"
+    );
+    let err = region.remove_mapping(0, PAGE).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                op: "remove_mapping"
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn external_mapping_checks_its_arguments() {
+    let m = MemoryMappingBuilder::new(2 * PAGE).build().unwrap();
+    // SAFETY: `m` outlives `ext` in this test and is never remapped.
+    let ext = unsafe { ExternalMapping::new(m.as_ptr(), 2 * PAGE) }.unwrap();
+    let region: &dyn MappedRegion = &ext;
+    assert_eq!(region.size(), 2 * PAGE);
+    assert_eq!(region.as_ptr(), m.as_ptr());
+    region.msync(0, 2 * PAGE).unwrap();
+    region.madvise(PAGE, PAGE, libc::MADV_REMOVE).unwrap();
+    // SAFETY: each of these is refused before anything is stored.
+    unsafe {
+        let err = ExternalMapping::new(std::ptr::null_mut(), PAGE).unwrap_err();
+        assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
+        let err = ExternalMapping::new(m.as_ptr(), 0).unwrap_err();
+        assert!(matches!(err, Error::InvalidSize { .. }), "{err}");
+        let err = ExternalMapping::new(m.as_ptr().add(8), PAGE).unwrap_err();
+        assert!(matches!(err, Error::NotPageAligned { .. }), "{err}");
+        let err = ExternalMapping::new(m.as_ptr(), usize::MAX).unwrap_err();
+        assert!(matches!(err, Error::Overflow { .. }), "{err}");
+    }
+}
+
+#[test]
+fn msync_reaches_a_separate_descriptor() {
+    let mut file = common::temp_file(PAGE as u64);
+    let m = MemoryMappingBuilder::new(PAGE)
+        .from_file(&file)
+        .build()
+        .unwrap();
+    m.write_slice(&[0x42; 16], 0).unwrap();
+    m.msync().unwrap();
+    let mut back = [0u8; 16];
+    file.rewind().unwrap();
+    file.read_exact(&mut back).unwrap();
+    assert_eq!(back, [0x42; 16]);
+}
