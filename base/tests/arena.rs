@@ -314,7 +314,7 @@ fn answers_agree_with_linux_on_a_plain_mapping() {
         Err(Error::MappingOverlap { .. }) => libc::EEXIST,
         Err(e) => panic!("unexpected {e}"),
     };
-    // SAFETY (all raw calls below): they act on `raw..raw + len`, our own mapping.
+    // SAFETY: every raw call below acts on `raw..raw + len`, our own mapping.
     unsafe {
         // msync: unaligned start, zero length, a whole page.
         let linux = errno(libc::msync(raw.add(1) as _, P, libc::MS_SYNC));
