@@ -1,8 +1,8 @@
 // Copyright 2026 The VMM memory crates authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! `base` against its raw baselines, measured in the same run. Each group holds one of our
-//! functions and the raw code it wraps; compare the two, not absolute times.
+//! `base` against its raw baselines, measured in the same run. Each group is one pair: `ours`
+//! and the raw `baseline` it wraps; compare the two, not absolute times.
 //!
 //! `tools/bench_ratios` prints the ratios from criterion's output.
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use base::cache::{flush_instruction, FlushInstruction};
 use base::{MemoryMapping, MemoryMappingBuilder, VolatileMemory};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const MIB2: usize = 2 << 20;
 
@@ -26,25 +26,28 @@ fn slices(c: &mut Criterion) {
     for (name, size) in [("4KiB", 4096usize), ("2MiB", MIB2)] {
         let mapping = populated(size);
         let mut buf = vec![0x5au8; size];
-        let mut group = c.benchmark_group(format!("slice_{name}"));
+        let mut group = c.benchmark_group(format!("write_slice_{name}_vs_memcpy"));
         group.throughput(Throughput::Bytes(size as u64));
-        group.bench_function("write_slice", |b| {
+        group.bench_function("ours", |b| {
             b.iter(|| mapping.write_slice(black_box(&buf), black_box(0)).unwrap())
         });
-        group.bench_function("raw_memcpy_in", |b| {
+        group.bench_function("baseline", |b| {
             b.iter(|| {
                 // SAFETY: both buffers hold `size` bytes and do not overlap.
                 unsafe { ptr::copy_nonoverlapping(black_box(buf.as_ptr()), mapping.as_ptr(), size) }
             })
         });
-        group.bench_function("read_slice", |b| {
+        group.finish();
+        let mut group = c.benchmark_group(format!("read_slice_{name}_vs_memcpy"));
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function("ours", |b| {
             b.iter(|| {
                 mapping
                     .read_slice(black_box(&mut buf), black_box(0))
                     .unwrap()
             })
         });
-        group.bench_function("raw_memcpy_out", |b| {
+        group.bench_function("baseline", |b| {
             b.iter(|| {
                 // SAFETY: both buffers hold `size` bytes and do not overlap.
                 unsafe {
@@ -72,9 +75,9 @@ fn objects(c: &mut Criterion) {
         off = next;
     }
     let base = mapping.as_ptr();
-    let mut group = c.benchmark_group("obj_u64");
+    let mut group = c.benchmark_group("read_obj_u64_vs_dependent_load");
     group.throughput(Throughput::Elements(HOPS as u64));
-    group.bench_function("read_obj", |b| {
+    group.bench_function("ours", |b| {
         b.iter(|| {
             let mut off = black_box(0usize);
             for _ in 0..HOPS {
@@ -83,7 +86,7 @@ fn objects(c: &mut Criterion) {
             off
         })
     });
-    group.bench_function("raw_load", |b| {
+    group.bench_function("baseline", |b| {
         b.iter(|| {
             let mut off = black_box(0usize);
             for _ in 0..HOPS {
@@ -93,16 +96,19 @@ fn objects(c: &mut Criterion) {
             off
         })
     });
+    group.finish();
     let scratch = populated(SPAN);
     let sbase = scratch.as_ptr();
-    group.bench_function("write_obj", |b| {
+    let mut group = c.benchmark_group("write_obj_u64_vs_store");
+    group.throughput(Throughput::Elements(HOPS as u64));
+    group.bench_function("ours", |b| {
         b.iter(|| {
             for i in 0..HOPS {
                 scratch.write_obj(i as u64, black_box(i * 8)).unwrap();
             }
         })
     });
-    group.bench_function("raw_store", |b| {
+    group.bench_function("baseline", |b| {
         b.iter(|| {
             for i in 0..HOPS {
                 // SAFETY: `i * 8 + 8 <= SPAN`.
@@ -114,11 +120,11 @@ fn objects(c: &mut Criterion) {
 }
 
 fn mapping_lifecycle(c: &mut Criterion) {
-    let mut group = c.benchmark_group("mmap_2MiB");
-    group.bench_function("builder_build_drop", |b| {
+    let mut group = c.benchmark_group("build_drop_2MiB_vs_mmap_munmap");
+    group.bench_function("ours", |b| {
         b.iter(|| drop(black_box(MemoryMappingBuilder::new(MIB2).build().unwrap())))
     });
-    group.bench_function("raw_mmap_munmap", |b| {
+    group.bench_function("baseline", |b| {
         b.iter(|| {
             // SAFETY: a fresh anonymous mapping, unmapped right after; nothing else touches it.
             unsafe {
@@ -151,14 +157,14 @@ fn cache_flush(c: &mut Criterion) {
         }
         total
     };
-    let mut group = c.benchmark_group("flush_2MiB_dirty");
+    let mut group = c.benchmark_group("flush_region_2MiB_dirty_vs_clflushopt_loop");
     group.throughput(Throughput::Bytes(MIB2 as u64));
-    group.bench_function(BenchmarkId::new("flush_region", "ours"), |b| {
+    group.bench_function("ours", |b| {
         b.iter_custom(|iters| timed(iters, &|| mapping.flush_region(0, MIB2).unwrap()))
     });
     #[cfg(target_arch = "x86_64")]
     if flush_instruction() == Ok(FlushInstruction::Clflushopt) {
-        group.bench_function(BenchmarkId::new("raw_clflushopt_loop", "baseline"), |b| {
+        group.bench_function("baseline", |b| {
         let base = mapping.as_ptr() as usize;
         let line = base::cache::cache_line_size();
         b.iter_custom(|iters| {

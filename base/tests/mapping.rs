@@ -453,6 +453,10 @@ fn mapped_region_range_operations() {
         matches!(&err, Error::SystemCall { call: "madvise", source, .. } if source.raw_os_error() == Some(libc::EINVAL)),
         "{err}"
     );
+    for advice in [libc::MADV_HWPOISON, libc::MADV_SOFT_OFFLINE] {
+        let err = region.madvise(0, PAGE, advice).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    }
     let mut m = m;
     let region: &mut dyn MappedRegion = &mut m;
     let err = region
@@ -515,4 +519,63 @@ fn msync_reaches_a_separate_descriptor() {
     file.rewind().unwrap();
     file.read_exact(&mut back).unwrap();
     assert_eq!(back, [0x42; 16]);
+}
+
+#[test]
+fn protection_is_checked_before_any_access_faults() {
+    let shm = SharedMemory::new("prot", PAGE as u64).unwrap();
+    let ro = MemoryMappingBuilder::new(PAGE)
+        .from_shared_memory(&shm)
+        .protection(Protection::read())
+        .build()
+        .unwrap();
+    // Reads and flushes are fine on a read-only mapping...
+    assert_eq!(ro.read_obj::<u32>(0).unwrap(), 0);
+    assert_eq!(ro.read_obj_volatile::<u32>(0).unwrap(), 0);
+    assert_eq!(ro.read_slice(&mut [0u8; 8], 0).unwrap(), 8);
+    ro.flush_all().unwrap();
+    // ...writes are refused with a typed error instead of a SIGSEGV.
+    let no_write =
+        |e: Error| matches!(e, Error::NoAccess { needed, .. } if needed == Protection::write());
+    assert!(no_write(ro.write_slice(&[1], 0).unwrap_err()));
+    assert!(no_write(ro.write_obj(1u8, 0).unwrap_err()));
+    assert!(no_write(ro.write_obj_volatile(1u8, 0).unwrap_err()));
+    let err = ro.write_obj(1u8, 0).unwrap_err();
+    assert!(
+        err.to_string().contains("write_obj") && err.to_string().contains("r-"),
+        "{err}"
+    );
+    // A volatile slice can be written, so it needs read-write; its bounds are still checked.
+    assert_eq!(
+        ro.get_slice(8, 16).unwrap_err(),
+        VolatileMemoryError::NotMapped {
+            offset: 8,
+            count: 16
+        }
+    );
+    assert!(matches!(
+        ro.get_slice(PAGE, 1),
+        Err(VolatileMemoryError::OutOfBounds { .. })
+    ));
+
+    let none = MemoryMappingBuilder::new(PAGE)
+        .protection(Protection::none())
+        .build()
+        .unwrap();
+    let no_read =
+        |e: Error| matches!(e, Error::NoAccess { needed, .. } if needed == Protection::read());
+    assert!(no_read(none.read_obj::<u8>(0).unwrap_err()));
+    assert!(no_read(none.read_obj_volatile::<u8>(0).unwrap_err()));
+    assert!(no_read(none.read_slice(&mut [0u8; 1], 0).unwrap_err()));
+    assert!(no_read(none.flush_region(0, 1).unwrap_err()));
+    assert!(no_read(none.flush_all().unwrap_err()));
+    assert!(matches!(
+        none.write_obj(0u8, 0),
+        Err(Error::NoAccess { .. })
+    ));
+    // Syscalls that do not touch the bytes still work.
+    none.msync().unwrap();
+    (&none as &dyn MappedRegion)
+        .madvise(0, PAGE, libc::MADV_DONTNEED)
+        .unwrap();
 }

@@ -23,7 +23,9 @@ pub use protection::Protection;
 pub use region::{ExternalMapping, MappedRegion};
 
 use crate::descriptor::RawDescriptor;
-use crate::volatile::{VolatileMemory, VolatileMemoryError, VolatileMemoryResult, VolatileSlice};
+use crate::volatile::{
+    compute_end, VolatileMemory, VolatileMemoryError, VolatileMemoryResult, VolatileSlice,
+};
 use crate::{cache, pagesize};
 
 /// Errors of the mmap module.
@@ -116,6 +118,16 @@ pub enum Error {
         protection: Protection,
         /// What the kernel answered.
         source: std::io::Error,
+    },
+    /// The mapping's protection does not allow the access (it would fault).
+    #[error("{op} needs {needed:?} access but the mapping is {protection:?}")]
+    NoAccess {
+        /// The operation.
+        op: &'static str,
+        /// The access it needs.
+        needed: Protection,
+        /// The mapping's protection.
+        protection: Protection,
     },
     /// An offset that must be page-aligned is not.
     #[error("{what} {value:#x} is not aligned to the page size {page:#x}")]
@@ -232,34 +244,54 @@ impl MemoryMapping {
         self.backing
     }
 
-    fn whole(&self) -> VolatileSlice<'_> {
+    /// The whole mapping as a slice, if its protection allows `needed`: touching it otherwise
+    /// would fault, so a read-only mapping refuses writes here instead of crashing.
+    #[inline]
+    fn checked(&self, needed: Protection, op: &'static str) -> Result<VolatileSlice<'_>> {
+        if !self.protection.allows(&needed) {
+            return Err(Error::NoAccess {
+                op,
+                needed,
+                protection: self.protection,
+            });
+        }
         // SAFETY: `addr..addr + size` stays mapped until `self` is dropped, which the borrow
-        // prevents while the slice lives.
-        unsafe { VolatileSlice::from_raw_parts(self.addr, self.size) }
+        // prevents while the slice lives, and its protection allows the access just checked.
+        Ok(unsafe { VolatileSlice::from_raw_parts(self.addr, self.size) })
+    }
+
+    #[inline]
+    fn readable(&self, op: &'static str) -> Result<VolatileSlice<'_>> {
+        self.checked(Protection::read(), op)
+    }
+
+    #[inline]
+    fn writable(&self, op: &'static str) -> Result<VolatileSlice<'_>> {
+        self.checked(Protection::write(), op)
     }
 
     /// Copies as much of `buf` as fits at `offset` and returns how many bytes that was. An
     /// `offset` past the end is an error; at the end, 0 bytes are written.
     pub fn write_slice(&self, buf: &[u8], offset: usize) -> Result<usize> {
-        Ok(self.whole().offset(offset)?.copy_from(buf))
+        Ok(self.writable("write_slice")?.offset(offset)?.copy_from(buf))
     }
 
     /// Fills as much of `buf` as the mapping holds from `offset` and returns how many bytes
     /// that was. An `offset` past the end is an error.
     pub fn read_slice(&self, buf: &mut [u8], offset: usize) -> Result<usize> {
-        Ok(self.whole().offset(offset)?.copy_to(buf))
+        Ok(self.readable("read_slice")?.offset(offset)?.copy_to(buf))
     }
 
     /// Writes `val` at `offset` (unaligned allowed). Not atomic.
     #[inline]
     pub fn write_obj<T: IntoBytes + Immutable>(&self, val: T, offset: usize) -> Result<()> {
-        Ok(self.whole().write_obj(val, offset)?)
+        Ok(self.writable("write_obj")?.write_obj(val, offset)?)
     }
 
     /// Reads a `T` at `offset` (unaligned allowed). Not atomic.
     #[inline]
     pub fn read_obj<T: FromBytes>(&self, offset: usize) -> Result<T> {
-        Ok(self.whole().read_obj(offset)?)
+        Ok(self.readable("read_obj")?.read_obj(offset)?)
     }
 
     /// Writes `val` at the aligned `offset`; 1, 2, 4 and 8-byte types in a single store.
@@ -269,13 +301,17 @@ impl MemoryMapping {
         val: T,
         offset: usize,
     ) -> Result<()> {
-        Ok(self.whole().write_obj_volatile(val, offset)?)
+        Ok(self
+            .writable("write_obj_volatile")?
+            .write_obj_volatile(val, offset)?)
     }
 
     /// Reads a `T` at the aligned `offset`; 1, 2, 4 and 8-byte types in a single load.
     #[inline]
     pub fn read_obj_volatile<T: FromBytes>(&self, offset: usize) -> Result<T> {
-        Ok(self.whole().read_obj_volatile(offset)?)
+        Ok(self
+            .readable("read_obj_volatile")?
+            .read_obj_volatile(offset)?)
     }
 
     /// Writes dirty pages of a shared file mapping back to the file, and waits (`MS_SYNC`).
@@ -287,8 +323,10 @@ impl MemoryMapping {
     }
 
     /// Writes the cache lines that hold `offset..offset + len` back to memory.
+    ///
+    /// The CPU checks a flush like a load, so the mapping must be readable.
     pub fn flush_region(&self, offset: usize, len: usize) -> Result<()> {
-        let slice = self.whole().sub_slice(offset, len)?;
+        let slice = self.readable("flush_region")?.sub_slice(offset, len)?;
         // SAFETY: the range was just checked to lie inside our live mapping.
         unsafe { cache::flush_range(slice.as_ptr(), len) }?;
         Ok(())
@@ -364,8 +402,15 @@ impl MemoryMapping {
 }
 
 impl VolatileMemory for MemoryMapping {
+    /// A slice of the mapping. A slice can be written, so the mapping must be read-write.
     fn get_slice(&self, offset: usize, count: usize) -> VolatileMemoryResult<VolatileSlice<'_>> {
-        self.whole().sub_slice(offset, count)
+        match self.checked(Protection::read_write(), "get_slice") {
+            Ok(whole) => whole.sub_slice(offset, count),
+            Err(_) => {
+                compute_end(offset, count, self.size)?;
+                Err(VolatileMemoryError::NotMapped { offset, count })
+            }
+        }
     }
 }
 

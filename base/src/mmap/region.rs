@@ -71,8 +71,15 @@ impl dyn MappedRegion {
     }
 
     /// Applies `madvise(advice)` to `offset..offset + size`, with the same range rules as
-    /// `msync`. The kernel judges `advice` itself.
+    /// `msync`. The kernel judges `advice` itself, except `MADV_HWPOISON` and
+    /// `MADV_SOFT_OFFLINE`, memory-failure test hooks that would make the pages fault for
+    /// good (a privileged process could otherwise poison guest memory by mistake).
     pub fn madvise(&self, offset: usize, size: usize, advice: libc::c_int) -> Result<()> {
+        if advice == libc::MADV_HWPOISON || advice == libc::MADV_SOFT_OFFLINE {
+            return Err(Error::Unsupported {
+                op: "madvise(MADV_HWPOISON or MADV_SOFT_OFFLINE)",
+            });
+        }
         self.on_mapped_ranges(offset, size, "madvise", |addr, len| {
             // SAFETY: `addr..addr + len` is a mapped part of this region; the advice only
             // affects those pages, whose contents the caller controls.
