@@ -6,23 +6,12 @@
 //!
 //! One test in its own binary, so no other test opens or maps anything while it counts.
 
-use base::{
-    AsRawDescriptor, MemoryMappingArena, MemoryMappingBuilder, Protection, RawDescriptor,
-    SharedMemory,
-};
+use base::{MemoryMappingArena, MemoryMappingBuilder, Protection, SharedMemory};
 
 mod common;
 
 const ROUNDS: usize = 10_000;
 const P: usize = 4096;
-
-struct RawNumber(RawDescriptor);
-
-impl AsRawDescriptor for RawNumber {
-    fn as_raw_descriptor(&self) -> RawDescriptor {
-        self.0
-    }
-}
 
 #[test]
 fn ten_thousand_rounds_leak_nothing() {
@@ -58,7 +47,7 @@ fn ten_thousand_rounds_leak_nothing() {
             .is_err());
         // Failures before any syscall.
         assert!(MemoryMappingBuilder::new(P)
-            .from_descriptor(&RawNumber(-1))
+            .from_descriptor(&common::RawNumber(-1))
             .align(2 << 20)
             .build()
             .is_err());
@@ -110,5 +99,4 @@ fn ten_thousand_rounds_leak_nothing() {
         "/proc/self/maps lines"
     );
     assert_eq!(common::open_fd_count(), fds_before, "open descriptors");
-    let _ = (file.as_raw_descriptor(), read_only.as_raw_descriptor());
 }

@@ -10,21 +10,12 @@ use std::os::unix::fs::FileExt;
 use base::mmap::Error;
 use base::{
     AsRawDescriptor, Backing, ExternalMapping, MappedRegion, MemfdSeals, MemoryMappingBuilder,
-    Protection, RawDescriptor, SharedMemory, VolatileMemory, VolatileMemoryError,
+    Protection, SharedMemory, VolatileMemory, VolatileMemoryError,
 };
 
 mod common;
 
 const PAGE: usize = 4096;
-
-/// A descriptor number of our choosing, as a hostile caller would pass.
-struct RawNumber(RawDescriptor);
-
-impl AsRawDescriptor for RawNumber {
-    fn as_raw_descriptor(&self) -> RawDescriptor {
-        self.0
-    }
-}
 
 #[test]
 fn anonymous_mapping_is_shared_zeroed_and_sized() {
@@ -239,7 +230,7 @@ fn refuses_short_regular_files_but_not_char_devices_or_growable_memfds() {
 fn refuses_closed_hostile_and_unmappable_descriptors() {
     for fd in [-1, i32::MAX, i32::MIN] {
         let err = MemoryMappingBuilder::new(PAGE)
-            .from_descriptor(&RawNumber(fd))
+            .from_descriptor(&common::RawNumber(fd))
             .build()
             .unwrap_err();
         assert!(
@@ -260,7 +251,7 @@ fn refuses_closed_hostile_and_unmappable_descriptors() {
         high
     };
     let err = MemoryMappingBuilder::new(PAGE)
-        .from_descriptor(&RawNumber(closed))
+        .from_descriptor(&common::RawNumber(closed))
         .build()
         .unwrap_err();
     assert!(

@@ -7,6 +7,8 @@
 
 use std::fs::File;
 
+use base::{AsRawDescriptor, RawDescriptor};
+
 /// One line of `/proc/self/maps`.
 #[derive(Debug)]
 pub struct Vma {
@@ -77,4 +79,13 @@ pub fn read_only_file(len: u64) -> File {
     let file = File::open(temp.as_path()).unwrap();
     drop(temp);
     file
+}
+
+/// A descriptor number of our choosing, as a hostile caller would pass.
+pub struct RawNumber(pub RawDescriptor);
+
+impl AsRawDescriptor for RawNumber {
+    fn as_raw_descriptor(&self) -> RawDescriptor {
+        self.0
+    }
 }
