@@ -16,6 +16,12 @@ pub const FALLBACK_CACHE_LINE_SIZE: usize = 64;
 #[sorted]
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum Error {
+    /// The cache line size is not a power of two.
+    #[error("cache line size {line} is not a power of two")]
+    InvalidLineSize {
+        /// The size given.
+        line: usize,
+    },
     /// This CPU architecture has no cache flush here.
     #[error("cache flush is not implemented on {arch}")]
     NotImplemented {
@@ -70,7 +76,7 @@ pub fn cache_line_size() -> usize {
 /// `addr..addr + len`: from the line holding `addr` to the line holding `addr + len - 1`,
 /// inclusive. Nothing is called for `len == 0`.
 ///
-/// `line` must be a power of two.
+/// `line` must be a power of two, else [`Error::InvalidLineSize`].
 ///
 /// ```
 /// let mut lines = Vec::new();
@@ -85,7 +91,9 @@ pub fn for_each_cache_line(
     line: usize,
     mut f: impl FnMut(usize),
 ) -> Result<()> {
-    debug_assert!(line.is_power_of_two());
+    if !line.is_power_of_two() {
+        return Err(Error::InvalidLineSize { line });
+    }
     if len == 0 {
         return Ok(());
     }
@@ -253,6 +261,17 @@ mod tests {
         // SAFETY: a range that overflows is refused before anything is touched.
         let r = unsafe { flush_range((usize::MAX - 10) as *const u8, 12) };
         assert!(matches!(r, Err(Error::Overflow { .. })));
+    }
+
+    #[test]
+    fn bad_line_sizes_are_refused() {
+        for line in [0, 3, 65, usize::MAX] {
+            assert_eq!(
+                for_each_cache_line(0x1000, 64, line, |_| panic!("called")),
+                Err(Error::InvalidLineSize { line })
+            );
+        }
+        assert!(Error::InvalidLineSize { line: 3 }.to_string().contains('3'));
     }
 
     #[test]
