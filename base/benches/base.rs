@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::ptr;
 use std::time::{Duration, Instant};
 
+#[cfg(target_arch = "x86_64")]
 use base::cache::{flush_instruction, FlushInstruction};
 use base::{MemoryMapping, MemoryMappingBuilder, VolatileMemory};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
