@@ -204,16 +204,18 @@ impl<'a> VolatileSlice<'a> {
             && (head + words * WORD..self.size).all(byte_is_zero)
     }
 
-    /// Reads a `T` at `offset`, which may be unaligned. Not atomic.
+    /// Reads a `T` at `offset`, which may be unaligned. When it happens to be aligned and `T`
+    /// is 1, 2, 4 or 8 bytes, the read is a single untorn load.
     #[inline]
     pub fn read_obj<T: FromBytes>(&self, offset: usize) -> VolatileMemoryResult<T> {
         compute_end(offset, size_of::<T>(), self.size)?;
         // SAFETY: `offset + size_of::<T>() <= size`, so the bytes are readable, and any bytes
         // make a valid `T` (FromBytes).
-        Ok(unsafe { ptr::read_unaligned(self.addr.add(offset) as *const T) })
+        Ok(unsafe { read_volatile_obj(self.addr.add(offset) as *const T) })
     }
 
-    /// Writes `val` at `offset`, which may be unaligned. Not atomic.
+    /// Writes `val` at `offset`, which may be unaligned. When it happens to be aligned and `T`
+    /// is 1, 2, 4 or 8 bytes, the write is a single untorn store.
     #[inline]
     pub fn write_obj<T: IntoBytes + Immutable>(
         &self,
@@ -222,7 +224,7 @@ impl<'a> VolatileSlice<'a> {
     ) -> VolatileMemoryResult<()> {
         compute_end(offset, size_of::<T>(), self.size)?;
         // SAFETY: `offset + size_of::<T>() <= size`, so the bytes are writable.
-        unsafe { ptr::write_unaligned(self.addr.add(offset) as *mut T, val) };
+        unsafe { write_volatile_obj(self.addr.add(offset) as *mut T, val) };
         Ok(())
     }
 
@@ -282,12 +284,12 @@ impl VolatileMemory for VolatileSlice<'_> {
     }
 }
 
-/// Reads a `T` from `src` in one load when it is 1, 2, 4 or 8 bytes.
+/// Reads a `T` from `src`: in one load when it is 1, 2, 4 or 8 bytes and `src` is aligned to
+/// that size, by `memcpy` otherwise.
 ///
 /// # Safety
 ///
-/// `src` must be valid for reads of `size_of::<T>()` bytes and aligned to that size when it is
-/// 8 or less.
+/// `src` must be valid for reads of `size_of::<T>()` bytes.
 #[inline(always)]
 unsafe fn read_volatile_obj<T: FromBytes>(src: *const T) -> T {
     let mut val = std::mem::MaybeUninit::<T>::uninit();
@@ -298,12 +300,12 @@ unsafe fn read_volatile_obj<T: FromBytes>(src: *const T) -> T {
     unsafe { val.assume_init() }
 }
 
-/// Writes `val` to `dst` in one store when it is 1, 2, 4 or 8 bytes.
+/// Writes `val` to `dst`: in one store when it is 1, 2, 4 or 8 bytes and `dst` is aligned to
+/// that size, by `memcpy` otherwise.
 ///
 /// # Safety
 ///
-/// `dst` must be valid for writes of `size_of::<T>()` bytes and aligned to that size when it is
-/// 8 or less.
+/// `dst` must be valid for writes of `size_of::<T>()` bytes.
 #[inline(always)]
 unsafe fn write_volatile_obj<T: IntoBytes + Immutable>(dst: *mut T, val: T) {
     // SAFETY: forwarded from the caller; the source is `val`'s own bytes.
@@ -509,6 +511,8 @@ mod tests {
             for _ in 0..1_000_000 {
                 let v: u64 = s.read_obj_volatile(0).unwrap();
                 assert!(v == 0 || v == u64::MAX, "torn read {v:#x}");
+                let v: u64 = s.read_obj(0).unwrap();
+                assert!(v == 0 || v == u64::MAX, "torn plain read {v:#x}");
                 let mut out = [0u8; 8];
                 s.copy_to(&mut out);
                 let v = u64::from_ne_bytes(out);
