@@ -1,0 +1,24 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Guest physical memory for a virtual machine monitor, on top of `base`.
+//!
+//! - [`GuestAddress`]: an address in the guest's physical address space, with checked
+//!   arithmetic.
+//! - [`GuestMemory`]: the RAM layout (regions in one sealed memfd, or backed by a caller's
+//!   file) and every way to read and write it by guest address.
+//!
+//! Region lookup costs a table load and a bounds check for any sensible layout (see
+//! `region_table`), falling back to a binary search only among regions that share a table
+//! bucket. Bad input, at construction or on access, gets a typed [`Error`] naming the
+//! address; nothing here panics on input.
+
+mod guest_address;
+mod guest_memory;
+mod region_table;
+
+pub use guest_address::GuestAddress;
+pub use guest_memory::{
+    Error, FileBackedMapping, GuestMemory, MemoryRegion, MemoryRegionInformation,
+    MemoryRegionOptions, MemoryRegionPurpose, RegionBacking, Result,
+};
