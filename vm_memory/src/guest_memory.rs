@@ -551,11 +551,11 @@ impl GuestMemory {
         len: usize,
         mut f: impl FnMut(&MemoryRegion, usize, usize, usize) -> Result<()>,
     ) -> Result<()> {
+        let (first, mut region, offset) =
+            self.locate(addr).ok_or(Error::InvalidGuestAddress(addr))?;
         let end = addr
             .checked_add(len as u64)
             .ok_or(Error::AccessOverflow { addr, len })?;
-        let (first, mut region, offset) =
-            self.locate(addr).ok_or(Error::InvalidGuestAddress(addr))?;
         // First pass: every byte is backed. Regions are sorted, so the next piece, if any,
         // must be the very next region, starting exactly where this one ends.
         let mut last = first;
