@@ -61,10 +61,15 @@ fn both(regions: Vec<(u64, u64)>) -> Both {
     }
 }
 
-/// `OPS` random 8-byte-aligned guest addresses, each with our host pointer for it.
-fn random_addrs(b: &Both, window: Option<(u64, u64)>, seed: u64) -> Vec<(u64, *mut u64)> {
+/// `count` random 8-byte-aligned guest addresses, each with our host pointer for it.
+fn random_addrs(
+    b: &Both,
+    window: Option<(u64, u64)>,
+    count: usize,
+    seed: u64,
+) -> Vec<(u64, *mut u64)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..OPS)
+    (0..count)
         .map(|_| {
             let (start, size) =
                 window.unwrap_or_else(|| b.regions[rng.random_range(0..b.regions.len())]);
@@ -75,6 +80,19 @@ fn random_addrs(b: &Both, window: Option<(u64, u64)>, seed: u64) -> Vec<(u64, *m
         .collect()
 }
 
+/// Long iterations (cold sets) need fewer samples to finish in reasonable time.
+fn configure(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    ops: usize,
+) {
+    group.throughput(Throughput::Elements(ops as u64));
+    if ops > OPS {
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(4));
+    }
+}
+
 fn objects(c: &mut Criterion) {
     let total = 256 * MIB;
     for n in [1u64, 64] {
@@ -82,11 +100,13 @@ fn objects(c: &mut Criterion) {
         // Hot: a 64 KiB window in the middle region. Cold: anywhere in the 256 MiB.
         let mid = b.regions[b.regions.len() / 2];
         let hot_window = (mid.0 + mid.1 / 2, 64 << 10);
-        for (temp, window) in [("hot", Some(hot_window)), ("cold", None)] {
-            let addrs = random_addrs(&b, window, n);
+        // Cold: a million addresses, so the set of lines touched (64 MiB) is far larger than
+        // the caches and each access really goes to memory.
+        for (temp, window, count) in [("hot", Some(hot_window), OPS), ("cold", None, 1 << 20)] {
+            let addrs = random_addrs(&b, window, count, n);
             let name = format!("read_obj_u64_{temp}_{n}_regions");
             let mut group = c.benchmark_group(&name);
-            group.throughput(Throughput::Elements(OPS as u64));
+            configure(&mut group, count);
             group.bench_function("ours", |bench| {
                 bench.iter(|| {
                     let mut sum = 0u64;
@@ -127,7 +147,7 @@ fn objects(c: &mut Criterion) {
 
             let name = format!("write_obj_u64_{temp}_{n}_regions");
             let mut group = c.benchmark_group(&name);
-            group.throughput(Throughput::Elements(OPS as u64));
+            configure(&mut group, count);
             group.bench_function("ours", |bench| {
                 bench.iter(|| {
                     for (i, &(a, _)) in addrs.iter().enumerate() {
@@ -216,7 +236,7 @@ fn lookups(c: &mut Criterion) {
     for n in [1u64, 64, 1024] {
         // 64 KiB regions are enough to look up; the layout has a hole after each.
         let b = both(layout(n, n * (64 << 10)));
-        let addrs = random_addrs(&b, None, 7 + n);
+        let addrs = random_addrs(&b, None, OPS, 7 + n);
         let mut group = c.benchmark_group(format!("lookup_{n}_regions"));
         group.throughput(Throughput::Elements(OPS as u64));
         group.bench_function("ours", |bench| {

@@ -16,7 +16,7 @@ use remain::sorted;
 use thiserror::Error;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::region_table::RegionTable;
+use crate::region_table::{Entry, RegionTable};
 use crate::GuestAddress;
 
 /// Errors of guest memory construction and access.
@@ -443,11 +443,18 @@ impl GuestMemory {
     }
 
     fn from_checked_regions(regions: Vec<MemoryRegion>) -> GuestMemory {
-        let spans: Vec<(u64, u64)> = regions.iter().map(|r| (r.guest_base.0, r.end())).collect();
+        let entries: Vec<Entry> = regions
+            .iter()
+            .map(|r| Entry {
+                start: r.guest_base.0,
+                len: r.size() as u64,
+                host: r.mapping.as_ptr() as usize,
+            })
+            .collect();
         let memory_size = regions.iter().map(|r| r.size() as u64).sum();
         GuestMemory {
             inner: Arc::new(Inner {
-                table: RegionTable::new(&spans),
+                table: RegionTable::new(&entries),
                 regions: regions.into_boxed_slice(),
                 memory_size,
             }),
@@ -517,9 +524,8 @@ impl GuestMemory {
     /// The index of the region holding `addr`, the region, and the offset of `addr` in it.
     #[inline(always)]
     fn locate(&self, addr: GuestAddress) -> Option<(usize, &MemoryRegion, usize)> {
-        let index = self.inner.table.find(addr.0)?;
-        let region = &self.inner.regions[index];
-        Some((index, region, (addr.0 - region.guest_base.0) as usize))
+        let (index, _, offset) = self.inner.table.find(addr.0)?;
+        Some((index, &self.inner.regions[index], offset as usize))
     }
 
     /// The region holding `addr` and the offset of `addr` in it.
@@ -529,11 +535,19 @@ impl GuestMemory {
             .map(|(_, region, offset)| (region, offset))
     }
 
-    /// The slice for `addr..addr + len` when it lies in one region.
+    /// The slice for `addr..addr + len` when it lies in one region. This is every access's
+    /// fast path, so it works from the table's compact entry alone.
     #[inline(always)]
     fn single_region_slice(&self, addr: GuestAddress, len: usize) -> Option<VolatileSlice<'_>> {
-        let (region, offset) = self.find(addr)?;
-        (len <= region.size() - offset).then(|| region.slice(offset, len))
+        let (_, entry, offset) = self.inner.table.find(addr.0)?;
+        if len as u64 > entry.len - offset {
+            return None;
+        }
+        // SAFETY: the entry describes a live read-write mapping owned by `self.inner`, and
+        // `offset + len <= entry.len` was just checked.
+        Some(unsafe {
+            VolatileSlice::from_raw_parts((entry.host + offset as usize) as *mut u8, len)
+        })
     }
 
     /// Checks that `addr..addr + len` is all guest memory, possibly across contiguous

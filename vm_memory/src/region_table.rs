@@ -3,7 +3,9 @@
 
 //! Address-to-region lookup in constant time for sensible layouts, logarithmic at worst.
 //!
-//! The span from the first region's start to the last region's end is cut into at most
+//! The largest region is checked first with one comparison, inline: for the common layouts
+//! (one RAM region, or RAM below and above a PCI hole) most accesses stop there. Otherwise the
+//! span from the first region's start to the last region's end is cut into at most
 //! `4 * n` (power-of-two sized) buckets. Each bucket records the first and last region that
 //! reach into it, so a lookup is a subtraction, a shift, one table load and a bounds check.
 //! Only a bucket that several regions share (tiny regions next to huge ones) falls back to a
@@ -17,11 +19,31 @@ struct Bucket {
     hi: u32,
 }
 
-/// Lookup over sorted, non-overlapping `[start, end)` ranges.
+/// What a lookup needs of a region, packed in one cache line's worth: where it starts, how
+/// long it is, and where its first byte is in the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub start: u64,
+    pub len: u64,
+    pub host: usize,
+}
+
+impl Entry {
+    /// The offset of `addr` in this region, if it is in it.
+    #[inline(always)]
+    pub fn offset_of(&self, addr: u64) -> Option<u64> {
+        let offset = addr.wrapping_sub(self.start);
+        (offset < self.len).then_some(offset)
+    }
+}
+
+/// Lookup over sorted, non-overlapping regions.
 #[derive(Debug)]
 pub(crate) struct RegionTable {
-    starts: Box<[u64]>,
-    ends: Box<[u64]>,
+    /// The largest region, checked before anything else.
+    fast: Entry,
+    fast_index: usize,
+    entries: Box<[Entry]>,
     base: u64,
     span: u64,
     shift: u32,
@@ -34,30 +56,30 @@ const BUCKETS_PER_REGION: usize = 4;
 const MAX_BUCKETS: usize = 1 << 16;
 
 impl RegionTable {
-    /// Builds the table. `ranges` must be non-empty, sorted, non-overlapping, with
-    /// `start < end`, which the caller has checked.
-    pub fn new(ranges: &[(u64, u64)]) -> RegionTable {
-        debug_assert!(!ranges.is_empty());
-        let starts: Box<[u64]> = ranges.iter().map(|r| r.0).collect();
-        let ends: Box<[u64]> = ranges.iter().map(|r| r.1).collect();
-        let base = starts[0];
-        let span = ends[ends.len() - 1] - base;
-        let wanted = (ranges.len() * BUCKETS_PER_REGION)
+    /// Builds the table. `entries` must be non-empty, sorted, non-overlapping, with
+    /// non-zero lengths and `start + len` not overflowing, which the caller has checked.
+    pub fn new(entries: &[Entry]) -> RegionTable {
+        debug_assert!(!entries.is_empty());
+        let base = entries[0].start;
+        let last = entries.len() - 1;
+        let span = entries[last].start + entries[last].len - base;
+        let wanted = (entries.len() * BUCKETS_PER_REGION)
             .next_power_of_two()
             .min(MAX_BUCKETS);
         // The smallest shift with (span - 1) >> shift < wanted.
         let span_bits = 64 - (span - 1).leading_zeros();
         let shift = span_bits.saturating_sub(wanted.trailing_zeros());
         let count = ((span - 1) >> shift) as usize + 1;
-        let last = ranges.len() - 1;
         let buckets = (0..count as u64)
             .map(|b| {
                 let bucket_start = base + (b << shift);
                 // Saturates only for the last bucket of a span reaching the top of memory.
                 let bucket_end = bucket_start.saturating_add(1 << shift);
-                let lo = ends.partition_point(|&e| e <= bucket_start).min(last);
-                let hi = starts
-                    .partition_point(|&s| s < bucket_end)
+                let lo = entries
+                    .partition_point(|e| e.start + e.len <= bucket_start)
+                    .min(last);
+                let hi = entries
+                    .partition_point(|e| e.start < bucket_end)
                     .saturating_sub(1)
                     .max(lo);
                 Bucket {
@@ -66,9 +88,15 @@ impl RegionTable {
                 }
             })
             .collect();
+        // The first of the largest regions.
+        let fast_index = (0..entries.len())
+            .rev()
+            .max_by_key(|&i| entries[i].len)
+            .unwrap_or(0);
         RegionTable {
-            starts,
-            ends,
+            fast: entries[fast_index],
+            fast_index,
+            entries: entries.into(),
             base,
             span,
             shift,
@@ -76,9 +104,17 @@ impl RegionTable {
         }
     }
 
-    /// The index of the range holding `addr`, if any.
+    /// The index and entry of the region holding `addr`, and the offset of `addr` in it.
     #[inline(always)]
-    pub fn find(&self, addr: u64) -> Option<usize> {
+    pub fn find(&self, addr: u64) -> Option<(usize, &Entry, u64)> {
+        if let Some(offset) = self.fast.offset_of(addr) {
+            return Some((self.fast_index, &self.fast, offset));
+        }
+        self.find_in_buckets(addr)
+    }
+
+    #[inline]
+    fn find_in_buckets(&self, addr: u64) -> Option<(usize, &Entry, u64)> {
         let rel = addr.wrapping_sub(self.base);
         if rel >= self.span {
             return None;
@@ -89,12 +125,13 @@ impl RegionTable {
         } else {
             self.search(lo as usize, hi as usize, addr)?
         };
-        (self.starts[index] <= addr && addr < self.ends[index]).then_some(index)
+        let entry = &self.entries[index];
+        entry.offset_of(addr).map(|offset| (index, entry, offset))
     }
 
     #[cold]
     fn search(&self, lo: usize, hi: usize, addr: u64) -> Option<usize> {
-        let above = self.starts[lo..=hi].partition_point(|&s| s <= addr);
+        let above = self.entries[lo..=hi].partition_point(|e| e.start <= addr);
         above.checked_sub(1).map(|i| lo + i)
     }
 
@@ -114,8 +151,27 @@ mod tests {
         ranges.iter().position(|&(s, e)| s <= addr && addr < e)
     }
 
+    fn table(ranges: &[(u64, u64)]) -> RegionTable {
+        let entries: Vec<Entry> = ranges
+            .iter()
+            .map(|&(s, e)| Entry {
+                start: s,
+                len: e - s,
+                host: s as usize ^ 0x5a5a,
+            })
+            .collect();
+        RegionTable::new(&entries)
+    }
+
+    fn find(table: &RegionTable, addr: u64) -> Option<usize> {
+        let (index, entry, offset) = table.find(addr)?;
+        assert_eq!(entry.start + offset, addr);
+        assert_eq!(entry.host, entry.start as usize ^ 0x5a5a);
+        Some(index)
+    }
+
     fn check_all_edges(ranges: &[(u64, u64)]) {
-        let table = RegionTable::new(ranges);
+        let table = table(ranges);
         assert!(table.bucket_count() <= (ranges.len() * 4).next_power_of_two().min(MAX_BUCKETS));
         let mut probes = vec![0, 1, u64::MAX, u64::MAX - 1];
         for &(s, e) in ranges {
@@ -131,11 +187,19 @@ mod tests {
         }
         for addr in probes {
             assert_eq!(
-                table.find(addr),
+                find(&table, addr),
                 linear(ranges, addr),
                 "addr {addr:#x} in {ranges:x?}"
             );
         }
+    }
+
+    #[test]
+    fn the_largest_region_is_the_fast_one() {
+        let t = table(&[(0, 0x1000), (0x1000, 0x9000), (0x10000, 0x18000)]);
+        assert_eq!(t.fast_index, 1);
+        let t = table(&[(0, 0x1000), (0x2000, 0x3000)]);
+        assert_eq!(t.fast_index, 0, "ties go to the first");
     }
 
     #[test]
@@ -192,10 +256,10 @@ mod tests {
                 cur += len + gap;
             }
             check_all_edges(&ranges);
-            let table = RegionTable::new(&ranges);
+            let table = table(&ranges);
             for _ in 0..2000 {
                 let addr = rng.random_range(ranges[0].0.saturating_sub(10)..cur + 10);
-                assert_eq!(table.find(addr), linear(&ranges, addr));
+                assert_eq!(find(&table, addr), linear(&ranges, addr));
             }
         }
     }
