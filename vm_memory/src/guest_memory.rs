@@ -31,7 +31,7 @@ pub enum Error {
         /// Its length.
         len: usize,
     },
-    /// A backing file is shorter than the region mapped from it.
+    /// A backing file or memfd is shorter than the region mapped from it.
     #[error(
         "region at {addr} of {size:#x} bytes needs the file to reach {needed:#x} bytes; it has {file_size:#x}"
     )]
@@ -462,21 +462,25 @@ impl GuestMemory {
     }
 
     /// How many regions there are.
+    #[inline]
     pub fn num_regions(&self) -> u64 {
         self.inner.regions.len() as u64
     }
 
     /// The total size of all regions, holes excluded.
+    #[inline]
     pub fn memory_size(&self) -> u64 {
         self.inner.memory_size
     }
 
     /// The address just past the last region.
+    #[inline]
     pub fn end_addr(&self) -> GuestAddress {
         GuestAddress(self.inner.regions[self.inner.regions.len() - 1].end())
     }
 
     /// Whether `addr` is in some region.
+    #[inline]
     pub fn address_in_range(&self, addr: GuestAddress) -> bool {
         self.inner.table.find(addr.0).is_some()
     }
@@ -490,6 +494,7 @@ impl GuestMemory {
     }
 
     /// `addr + offset`, if that is in some region.
+    #[inline]
     pub fn checked_offset(&self, addr: GuestAddress, offset: u64) -> Option<GuestAddress> {
         addr.checked_add(offset)
             .filter(|a| self.address_in_range(*a))
@@ -722,6 +727,7 @@ impl GuestMemory {
 
     /// The host address of guest address `addr`. Valid while this `GuestMemory` (or a clone)
     /// lives.
+    #[inline]
     pub fn get_host_address(&self, addr: GuestAddress) -> Result<*const u8> {
         let (region, offset) = self.find(addr).ok_or(Error::InvalidGuestAddress(addr))?;
         Ok(region.host(offset))
@@ -885,27 +891,24 @@ fn map_region(
     options: MemoryRegionOptions,
 ) -> Result<MemoryRegion> {
     let align = check_align(addr, options.align)?;
-    if let RegionBacking::File(file) = &backing {
-        let file_size = file
+    // Every byte of the region must be backed: a page past the end of its file or memfd
+    // would SIGBUS the VMM on first touch (base lets a growable memfd be mapped past its end,
+    // but guest memory never grows its backing).
+    let backing_size = match &backing {
+        RegionBacking::SharedMemory(shm) => shm.size(),
+        RegionBacking::File(file) => file
             .metadata()
             .map_err(|source| Error::RegionFileMetadata { addr, source })?
-            .len();
-        let needed = backing_offset
-            .checked_add(size)
-            .ok_or(Error::FileTooShort {
-                addr,
-                size,
-                needed: u64::MAX,
-                file_size,
-            })?;
-        if file_size < needed {
-            return Err(Error::FileTooShort {
-                addr,
-                size,
-                needed,
-                file_size,
-            });
-        }
+            .len(),
+    };
+    let needed = backing_offset.checked_add(size);
+    if !matches!(needed, Some(n) if n <= backing_size) {
+        return Err(Error::FileTooShort {
+            addr,
+            size,
+            needed: needed.unwrap_or(u64::MAX),
+            file_size: backing_size,
+        });
     }
     let mapping_error = |source| Error::MappingFailed { addr, source };
     // `check_layout` proved the size fits in usize.

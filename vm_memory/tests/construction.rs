@@ -222,6 +222,14 @@ fn from_regions_checks_the_layout_too() {
     assert!(matches!(err, Error::ZeroSizedRegion { .. }), "{err}");
     let err = MemoryRegion::new_from_file(8 * P, g(0), 0, file).unwrap_err();
     assert!(matches!(err, Error::FileTooShort { .. }), "{err}");
+    // A memfd that could still grow is no excuse: guest memory never grows its backing.
+    for (size, offset) in [(8 * P, 0), (2 * P, 3 * P), (P, u64::MAX - 100)] {
+        let err = MemoryRegion::new_from_shm(size, g(0), offset, shm.clone()).unwrap_err();
+        assert!(
+            matches!(err, Error::FileTooShort { file_size, .. } if file_size == 4 * P),
+            "{size:#x}@{offset:#x}: {err}"
+        );
+    }
 }
 
 #[test]
