@@ -171,6 +171,75 @@ fn objects(c: &mut Criterion) {
     }
 }
 
+/// Cold latency: a random cycle through a million 8-byte slots over 256 MiB, where each load's
+/// address is the value the previous load returned, so every access pays its full miss, for
+/// ours, raw and the peer alike. Ours and the peer follow guest addresses; raw follows host
+/// pointers stored in the same slots.
+fn cold_chase(c: &mut Criterion) {
+    const SLOTS: usize = 1 << 20;
+    const HOPS: usize = 4096;
+    for n in [1u64, 64] {
+        let b = both(layout(n, 256 * MIB));
+        // Distinct slots only: a repeated one would short-cut the cycle into the cache.
+        let mut slots = random_addrs(&b, None, SLOTS, 99 + n);
+        slots.sort_unstable_by_key(|s| s.0);
+        slots.dedup_by_key(|s| s.0);
+        let count = slots.len();
+        let mut order: Vec<usize> = (0..count).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for i in (1..count).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let next = |i: usize| slots[order[(i + 1) % count]];
+        let mut group = c.benchmark_group(format!("read_obj_u64_cold_chase_{n}_regions"));
+        group.throughput(Throughput::Elements(HOPS as u64));
+        group.bench_function("ours", |bench| {
+            for i in 0..count {
+                let (at, _) = slots[order[i]];
+                b.ours
+                    .write_obj_at_addr(next(i).0, GuestAddress(at))
+                    .unwrap();
+            }
+            let mut cur = slots[order[0]].0;
+            bench.iter(|| {
+                for _ in 0..HOPS {
+                    cur = b.ours.read_obj_from_addr::<u64>(GuestAddress(cur)).unwrap();
+                }
+                cur
+            })
+        });
+        group.bench_function("baseline", |bench| {
+            for i in 0..count {
+                let (_, host) = slots[order[i]];
+                // SAFETY: `host` is the host address of an aligned u64 in live guest memory.
+                unsafe { ptr::write_volatile(host, next(i).1 as u64) };
+            }
+            let mut cur = slots[order[0]].1;
+            bench.iter(|| {
+                for _ in 0..HOPS {
+                    // SAFETY: every slot holds the host address of another slot.
+                    cur = unsafe { ptr::read_volatile(cur) } as *mut u64;
+                }
+                cur
+            })
+        });
+        group.bench_function("peer", |bench| {
+            for i in 0..count {
+                let (at, _) = slots[order[i]];
+                b.theirs.write_obj(next(i).0, TheirAddress(at)).unwrap();
+            }
+            let mut cur = slots[order[0]].0;
+            bench.iter(|| {
+                for _ in 0..HOPS {
+                    cur = b.theirs.read_obj::<u64>(TheirAddress(cur)).unwrap();
+                }
+                cur
+            })
+        });
+        group.finish();
+    }
+}
+
 fn slices(c: &mut Criterion) {
     let b = both(vec![(0, 8 * MIB)]);
     let host = b.ours.get_host_address(GuestAddress(MIB)).unwrap() as *mut u8;
@@ -261,6 +330,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = objects, slices, lookups
+    targets = objects, cold_chase, slices, lookups
 }
 criterion_main!(benches);
