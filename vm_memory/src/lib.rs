@@ -8,9 +8,9 @@
 //! - [`GuestMemory`]: the RAM layout (regions in one sealed memfd, or backed by a caller's
 //!   file) and every way to read and write it by guest address.
 //!
-//! Region lookup costs a table load and a bounds check for any sensible layout (see
-//! `region_table`), falling back to a binary search only among regions that share a table
-//! bucket. Bad input, at construction or on access, gets a typed [`Error`] naming the
+//! Region lookup checks the largest region first with one comparison, then costs a table load
+//! and a bounds check for any sensible layout, falling back to a binary search only among
+//! regions that share a table bucket. Bad input, at construction or on access, gets a typed [`Error`] naming the
 //! address; nothing here panics on input.
 
 mod guest_address;
