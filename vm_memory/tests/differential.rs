@@ -81,17 +81,31 @@ fn ops(regions: Vec<(u64, u64)>) -> impl Strategy<Value = (Vec<(u64, u64)>, Vec<
     (Just(regions), prop::collection::vec(op, 1..64))
 }
 
+/// The same layout in both crates.
+fn build(regions: &[(u64, u64)]) -> (GuestMemory, GuestMemoryMmap) {
+    let ours = GuestMemory::new(
+        &regions
+            .iter()
+            .map(|&(a, s)| (GuestAddress(a), s))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let theirs = GuestMemoryMmap::<()>::from_ranges(
+        &regions
+            .iter()
+            .map(|&(a, s)| (TheirAddress(a), s as usize))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    (ours, theirs)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn same_bytes_as_vm_memory((regions, ops) in layout().prop_flat_map(ops)) {
-        let ours = GuestMemory::new(
-            &regions.iter().map(|&(a, s)| (GuestAddress(a), s)).collect::<Vec<_>>(),
-        ).unwrap();
-        let theirs = GuestMemoryMmap::<()>::from_ranges(
-            &regions.iter().map(|&(a, s)| (TheirAddress(a), s as usize)).collect::<Vec<_>>(),
-        ).unwrap();
+        let (ours, theirs) = build(&regions);
         for op in ops {
             match op {
                 Op::Write { at, data } => {
@@ -136,12 +150,7 @@ proptest! {
     #[test]
     fn same_answers_about_addresses(regions in layout(), probes in prop::collection::vec(any::<u64>(), 64)) {
         use rust_vm_memory::GuestMemoryBackend;
-        let ours = GuestMemory::new(
-            &regions.iter().map(|&(a, s)| (GuestAddress(a), s)).collect::<Vec<_>>(),
-        ).unwrap();
-        let theirs = GuestMemoryMmap::<()>::from_ranges(
-            &regions.iter().map(|&(a, s)| (TheirAddress(a), s as usize)).collect::<Vec<_>>(),
-        ).unwrap();
+        let (ours, theirs) = build(&regions);
         let end = regions.last().map(|r| r.0 + r.1).unwrap();
         for p in probes {
             let addr = p % (end + P);
