@@ -59,7 +59,7 @@ pub unsafe trait MappedRegion: Send + Sync {
     }
 }
 
-impl dyn MappedRegion {
+impl<'a> dyn MappedRegion + 'a {
     /// Writes dirty pages of `offset..offset + size` back to their file and waits (`MS_SYNC`).
     /// `offset` must be page-aligned; `size` is rounded up to a page; 0 does nothing.
     pub fn msync(&self, offset: usize, size: usize) -> Result<()> {

@@ -1,0 +1,211 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The hypervisor crate's error, which can also be sent over the wire as an errno.
+
+use remain::sorted;
+use thiserror::Error;
+use vm_memory::GuestAddress;
+
+use crate::{MemCacheType, MemSlot};
+
+/// Errors of the hypervisor crate.
+#[sorted]
+#[derive(Debug, Error)]
+pub enum Error {
+    /// `guest_addr + size` passes the end of the guest address space.
+    #[error("slot at {guest_addr} of {size:#x} bytes passes the end of the address space")]
+    AddressOverflow {
+        /// Where the slot would start.
+        guest_addr: GuestAddress,
+        /// Its size.
+        size: u64,
+    },
+    /// `/dev/kvm` answered an API version other than 12.
+    #[error("KVM API version {version}, expected 12")]
+    ApiVersion {
+        /// What the kernel answered.
+        version: i32,
+    },
+    /// The operation is not allowed on a boot RAM slot, whose memory the `GuestMemory` owns.
+    #[error("{op} is not allowed on slot {slot}, which holds boot RAM")]
+    BootRamSlot {
+        /// The slot.
+        slot: MemSlot,
+        /// The operation.
+        op: &'static str,
+    },
+    /// The cache type has no KVM slot flag.
+    #[error("cache type {cache:?} is not supported by KVM slots")]
+    CacheTypeUnsupported {
+        /// The cache type asked for.
+        cache: MemCacheType,
+    },
+    /// The dirty log buffer is too small for the slot.
+    #[error("dirty log buffer of {len} bytes is too small for slot {slot}: it needs {needed}")]
+    DirtyLogBufferTooSmall {
+        /// The slot.
+        slot: MemSlot,
+        /// The buffer's length.
+        len: usize,
+        /// The bytes the slot's bitmap needs.
+        needed: usize,
+    },
+    /// The slot does not log dirty pages.
+    #[error("slot {slot} does not log dirty pages")]
+    DirtyLogNotEnabled {
+        /// The slot.
+        slot: MemSlot,
+    },
+    /// Guest memory refused an operation.
+    #[error("guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::Error),
+    /// A KVM ioctl failed.
+    #[error("{op} ({detail}) failed: {source}")]
+    Ioctl {
+        /// The ioctl.
+        op: &'static str,
+        /// Its arguments.
+        detail: String,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open {path}: {source}")]
+    KvmUnavailable {
+        /// The path tried.
+        path: String,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
+    /// `set_data` was called while no MMIO or port read is pending.
+    #[error("no MMIO or port read is waiting for data")]
+    NoPendingRead,
+    /// An address or size is not page-aligned (slots are never silently rounded).
+    #[error("{what} {value:#x} is not aligned to the page size {page:#x}")]
+    NotPageAligned {
+        /// Which value.
+        what: &'static str,
+        /// The value.
+        value: u64,
+        /// The page size.
+        page: usize,
+    },
+    /// The kernel lacks `KVM_CAP_READONLY_MEM`.
+    #[error("read-only slots are not supported by this kernel")]
+    ReadOnlyUnsupported,
+    /// An operation on a slot's memory failed.
+    #[error("slot {slot}: {source}")]
+    Region {
+        /// The slot.
+        slot: MemSlot,
+        /// What `base` answered.
+        source: base::mmap::Error,
+    },
+    /// Every slot number the kernel allows is in use.
+    #[error("all {limit} memory slots are in use")]
+    SlotLimit {
+        /// The kernel's limit.
+        limit: u32,
+    },
+    /// The new slot overlaps a live one.
+    #[error(
+        "slot at {guest_addr} of {size:#x} bytes overlaps slot {slot} at {slot_addr} of {slot_size:#x} bytes"
+    )]
+    SlotOverlap {
+        /// Where the new slot would start.
+        guest_addr: GuestAddress,
+        /// Its size.
+        size: u64,
+        /// The live slot it overlaps.
+        slot: MemSlot,
+        /// Where that slot starts.
+        slot_addr: GuestAddress,
+        /// Its size.
+        slot_size: u64,
+    },
+    /// A range does not lie inside its slot.
+    #[error("range {offset:#x}+{size:#x} is outside slot {slot} of {slot_size:#x} bytes")]
+    SlotRange {
+        /// The slot.
+        slot: MemSlot,
+        /// Start of the range in the slot.
+        offset: usize,
+        /// Its length.
+        size: usize,
+        /// The slot's size.
+        slot_size: u64,
+    },
+    /// No live slot has this number.
+    #[error("no memory slot {slot}")]
+    UnknownSlot {
+        /// The slot.
+        slot: MemSlot,
+    },
+    /// Mapping a vCPU's run structure failed.
+    #[error("failed to map the run structure of vCPU {id}: {source}")]
+    VcpuRunMapping {
+        /// The vCPU.
+        id: usize,
+        /// What `base` answered.
+        source: base::mmap::Error,
+    },
+    /// `set_data` got a different length than the pending read.
+    #[error("the pending read is {expected} bytes; {got} were supplied")]
+    WrongDataSize {
+        /// The access size.
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
+    /// A slot of size 0.
+    #[error("a memory slot at {guest_addr} cannot be empty")]
+    ZeroSize {
+        /// Where the slot would start.
+        guest_addr: GuestAddress,
+    },
+}
+
+impl Error {
+    /// The errno that best describes this error, for sending it over the wire.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Ioctl { source, .. } | Error::KvmUnavailable { source, .. } => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            Error::Region { source, .. } => mmap_errno(source),
+            Error::GuestMemory(_) => libc::EFAULT,
+            Error::UnknownSlot { .. } => libc::ENOENT,
+            Error::SlotOverlap { .. } => libc::EEXIST,
+            Error::SlotLimit { .. } => libc::ENOSPC,
+            Error::ReadOnlyUnsupported | Error::CacheTypeUnsupported { .. } => libc::ENOTSUP,
+            Error::BootRamSlot { .. } => libc::EPERM,
+            Error::AddressOverflow { .. } => libc::EOVERFLOW,
+            Error::SlotRange { .. } => libc::ERANGE,
+            Error::ApiVersion { .. } => libc::ENOSYS,
+            Error::DirtyLogNotEnabled { .. } | Error::NoPendingRead => libc::EINVAL,
+            Error::DirtyLogBufferTooSmall { .. }
+            | Error::NotPageAligned { .. }
+            | Error::WrongDataSize { .. }
+            | Error::ZeroSize { .. } => libc::EINVAL,
+            Error::VcpuRunMapping { source, .. } => mmap_errno(source),
+        }
+    }
+}
+
+/// The errno inside a `base` mapping error, or `EINVAL` for its argument checks.
+fn mmap_errno(e: &base::mmap::Error) -> i32 {
+    use base::mmap::Error as M;
+    match e {
+        M::SystemCall { source, .. } | M::Mmap { source, .. } | M::BadDescriptor { source, .. } => {
+            source.raw_os_error().unwrap_or(libc::EIO)
+        }
+        M::MappingOverlap { .. } => libc::EEXIST,
+        M::Unsupported { .. } => libc::ENOTSUP,
+        M::NoAccess { .. } => libc::EACCES,
+        _ => libc::EINVAL,
+    }
+}
+
+/// Result of the hypervisor crate.
+pub type Result<T> = std::result::Result<T, Error>;

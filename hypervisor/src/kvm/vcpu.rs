@@ -1,0 +1,264 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! [`KvmVcpu`]: a KVM vCPU, its shared run structure, and the decoding of its exits.
+
+use std::fs::File;
+use std::mem::size_of;
+use std::ptr::{addr_of, addr_of_mut};
+
+use base::MemoryMapping;
+#[cfg(target_arch = "x86_64")]
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_bindings::{
+    kvm_run, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO,
+    KVM_EXIT_IO_OUT, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN,
+};
+use vmm_sys_util::ioctl::ioctl;
+#[cfg(target_arch = "x86_64")]
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
+
+use super::ioctls::*;
+use crate::{Error, Result, Vcpu, VcpuExit};
+
+/// A read the guest is waiting on, and where its bytes go in the run structure.
+#[derive(Clone, Copy, Debug)]
+enum PendingRead {
+    Mmio { len: usize },
+    Io { offset: usize, len: usize },
+}
+
+/// A KVM vCPU.
+#[derive(Debug)]
+pub struct KvmVcpu {
+    id: usize,
+    fd: File,
+    /// The kernel's `struct kvm_run` for this vCPU, plus the pages after it (port I/O data).
+    run: MemoryMapping,
+    pending: Option<PendingRead>,
+}
+
+impl KvmVcpu {
+    pub(super) fn new(id: usize, fd: File, run: MemoryMapping) -> Result<KvmVcpu> {
+        if run.size() < size_of::<kvm_run>() {
+            return Err(Error::VcpuRunMapping {
+                id,
+                source: base::mmap::Error::InvalidAddress {
+                    offset: 0,
+                    size: size_of::<kvm_run>(),
+                    region_size: run.size(),
+                    why: "the vCPU mapping is smaller than struct kvm_run",
+                },
+            });
+        }
+        Ok(KvmVcpu {
+            id,
+            fd,
+            run,
+            pending: None,
+        })
+    }
+
+    fn run_ptr(&self) -> *mut kvm_run {
+        self.run.as_ptr() as *mut kvm_run
+    }
+
+    /// The general registers.
+    #[cfg(target_arch = "x86_64")]
+    pub fn get_regs(&self) -> Result<kvm_regs> {
+        let mut regs = kvm_regs::default();
+        // SAFETY: the kernel writes one `kvm_regs` into `regs`, which we own.
+        let ret = unsafe { ioctl_with_mut_ref(&self.fd, KVM_GET_REGS(), &mut regs) };
+        if ret < 0 {
+            return Err(super::ioctl_error(
+                "KVM_GET_REGS",
+                format!("vcpu {}", self.id),
+            ));
+        }
+        Ok(regs)
+    }
+
+    /// Sets the general registers.
+    #[cfg(target_arch = "x86_64")]
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<()> {
+        // SAFETY: the kernel reads one `kvm_regs` from `regs`.
+        let ret = unsafe { ioctl_with_ref(&self.fd, KVM_SET_REGS(), regs) };
+        if ret < 0 {
+            return Err(super::ioctl_error(
+                "KVM_SET_REGS",
+                format!("vcpu {}", self.id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The special registers (segments, control registers, descriptor tables).
+    #[cfg(target_arch = "x86_64")]
+    pub fn get_sregs(&self) -> Result<kvm_sregs> {
+        let mut sregs = kvm_sregs::default();
+        // SAFETY: the kernel writes one `kvm_sregs` into `sregs`, which we own.
+        let ret = unsafe { ioctl_with_mut_ref(&self.fd, KVM_GET_SREGS(), &mut sregs) };
+        if ret < 0 {
+            return Err(super::ioctl_error(
+                "KVM_GET_SREGS",
+                format!("vcpu {}", self.id),
+            ));
+        }
+        Ok(sregs)
+    }
+
+    /// Sets the special registers. The kernel validates them.
+    #[cfg(target_arch = "x86_64")]
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<()> {
+        // SAFETY: the kernel reads one `kvm_sregs` from `sregs`.
+        let ret = unsafe { ioctl_with_ref(&self.fd, KVM_SET_SREGS(), sregs) };
+        if ret < 0 {
+            return Err(super::ioctl_error(
+                "KVM_SET_SREGS",
+                format!("vcpu {}", self.id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decodes the exit the kernel left in the run structure.
+    fn decode_exit(&mut self) -> VcpuExit {
+        let run = self.run_ptr();
+        // SAFETY: `run` points at our mapping of the kernel's `kvm_run` (checked to be large
+        // enough in `new`); the vCPU is not running, so the kernel does not change it now.
+        // Union fields are read only for the exit reason that selects them.
+        unsafe {
+            match (*run).exit_reason {
+                KVM_EXIT_HLT => VcpuExit::Hlt,
+                KVM_EXIT_SHUTDOWN => VcpuExit::Shutdown,
+                KVM_EXIT_MMIO => {
+                    let mmio = &(*run).__bindgen_anon_1.mmio;
+                    let size = (mmio.len as usize).min(8);
+                    let data = if mmio.is_write != 0 {
+                        Some(mmio.data)
+                    } else {
+                        self.pending = Some(PendingRead::Mmio { len: size });
+                        None
+                    };
+                    VcpuExit::Mmio {
+                        address: mmio.phys_addr,
+                        size,
+                        data,
+                    }
+                }
+                KVM_EXIT_IO => {
+                    let io = (*run).__bindgen_anon_1.io;
+                    let size = io.size as usize;
+                    let offset = io.data_offset as usize;
+                    let len = size.saturating_mul(io.count as usize);
+                    // The kernel places the data inside the vCPU mapping; refuse to trust an
+                    // offset that says otherwise.
+                    let inside = offset
+                        .checked_add(len)
+                        .is_some_and(|end| end <= self.run.size());
+                    if !inside || size > 4 {
+                        return VcpuExit::InternalError { suberror: u32::MAX };
+                    }
+                    let data = if io.direction == KVM_EXIT_IO_OUT as u8 {
+                        let mut first = [0u8; 4];
+                        let src = (run as *const u8).add(offset);
+                        std::ptr::copy_nonoverlapping(src, first.as_mut_ptr(), size);
+                        Some(first)
+                    } else {
+                        self.pending = Some(PendingRead::Io { offset, len });
+                        None
+                    };
+                    VcpuExit::Io {
+                        port: io.port,
+                        size,
+                        count: io.count,
+                        data,
+                    }
+                }
+                KVM_EXIT_FAIL_ENTRY => VcpuExit::FailEntry {
+                    hardware_entry_failure_reason: (*run)
+                        .__bindgen_anon_1
+                        .fail_entry
+                        .hardware_entry_failure_reason,
+                },
+                KVM_EXIT_INTERNAL_ERROR => VcpuExit::InternalError {
+                    suberror: (*run).__bindgen_anon_1.internal.suberror,
+                },
+                KVM_EXIT_MEMORY_FAULT => self.memory_fault(),
+                other => VcpuExit::Unknown(other),
+            }
+        }
+    }
+
+    fn memory_fault(&self) -> VcpuExit {
+        // SAFETY: as in `decode_exit`; called only when the exit reason is a memory fault.
+        let fault = unsafe { (*self.run_ptr()).__bindgen_anon_1.memory_fault };
+        VcpuExit::MemoryFault {
+            gpa: fault.gpa,
+            size: fault.size,
+        }
+    }
+}
+
+impl Vcpu for KvmVcpu {
+    fn id(&self) -> usize {
+        self.id
+    }
+
+    fn run(&mut self) -> Result<VcpuExit> {
+        self.pending = None;
+        // SAFETY: KVM_RUN takes no argument; it writes only the run structure, which we keep
+        // mapped for the vCPU's life.
+        let ret = unsafe { ioctl(&self.fd, KVM_RUN()) };
+        if ret < 0 {
+            let err = std::io::Error::last_os_error();
+            // SAFETY: reading the exit reason of our own mapped run structure.
+            let reason = unsafe { addr_of!((*self.run_ptr()).exit_reason).read() };
+            return match err.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EAGAIN) => Ok(VcpuExit::Intr),
+                Some(libc::EFAULT) if reason == KVM_EXIT_MEMORY_FAULT => Ok(self.memory_fault()),
+                _ => Err(Error::Ioctl {
+                    op: "KVM_RUN",
+                    detail: format!("vcpu {}", self.id),
+                    source: err,
+                }),
+            };
+        }
+        Ok(self.decode_exit())
+    }
+
+    fn set_data(&mut self, data: &[u8]) -> Result<()> {
+        let run = self.run_ptr();
+        match self.pending {
+            None => Err(Error::NoPendingRead),
+            Some(PendingRead::Mmio { len }) | Some(PendingRead::Io { len, .. })
+                if data.len() != len =>
+            {
+                Err(Error::WrongDataSize {
+                    expected: len,
+                    got: data.len(),
+                })
+            }
+            Some(PendingRead::Mmio { len }) => {
+                // SAFETY: `len <= 8` bytes into the mmio data array of our mapped run
+                // structure; the vCPU is not running.
+                unsafe {
+                    let dst = addr_of_mut!((*run).__bindgen_anon_1.mmio.data) as *mut u8;
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), dst, len);
+                }
+                self.pending = None;
+                Ok(())
+            }
+            Some(PendingRead::Io { offset, len }) => {
+                // SAFETY: `offset + len` was checked against the mapping's size when the exit
+                // was decoded.
+                unsafe {
+                    let dst = (run as *mut u8).add(offset);
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), dst, len);
+                }
+                self.pending = None;
+                Ok(())
+            }
+        }
+    }
+}
