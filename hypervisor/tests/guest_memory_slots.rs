@@ -8,10 +8,7 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 
-use base::{
-    MappedRegion, MemoryMappingArena, MemoryMappingBuilder, Protection, SharedMemory,
-    VolatileMemory,
-};
+use base::{MemoryMappingArena, MemoryMappingBuilder, Protection, SharedMemory, VolatileMemory};
 use common::*;
 use hypervisor::Vcpu;
 use hypervisor::{dirty_log_bitmap_size, Error, MemCacheType, VcpuExit, Vm};

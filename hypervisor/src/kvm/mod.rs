@@ -483,3 +483,53 @@ impl AsFd for KvmVm {
         self.vm.as_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_something_that_is_not_kvm_fails_with_a_typed_error() {
+        let err = Kvm::new_with_path(Path::new("/nonexistent/kvm")).unwrap_err();
+        assert!(matches!(err, Error::KvmUnavailable { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/kvm"));
+        assert_eq!(err.errno(), libc::ENOENT);
+        // /dev/null opens but answers no KVM ioctl.
+        let err = Kvm::new_with_path(Path::new("/dev/null")).unwrap_err();
+        assert!(matches!(err, Error::ApiVersion { version: -1 }), "{err}");
+    }
+
+    #[test]
+    fn read_only_slots_are_refused_without_the_capability() {
+        let Ok(kvm) = Kvm::new() else {
+            assert!(
+                std::env::var_os("VMM_REQUIRE_KVM").is_none_or(|v| v != "1"),
+                "KVM is required here"
+            );
+            println!("KVM-SKIP read_only_unsupported: /dev/kvm cannot be opened");
+            return;
+        };
+        let mem = GuestMemory::new(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut vm = KvmVm::new(&kvm, mem).unwrap();
+        assert_eq!(
+            vm.read_only_supported,
+            vm.check_capability(VmCap::ReadOnlyMemory)
+        );
+        // As on a kernel without KVM_CAP_READONLY_MEM.
+        vm.read_only_supported = false;
+        let region = Box::new(MemoryMappingBuilder::new(0x1000).build().unwrap());
+        let err = vm
+            .add_memory_region(
+                GuestAddress(0x10_0000),
+                region,
+                true,
+                false,
+                MemCacheType::CacheCoherent,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::ReadOnlyUnsupported), "{err}");
+        assert_eq!(err.errno(), libc::ENOTSUP);
+        assert!(kvm.check_capability(VmCap::UserMemory));
+        assert!(vm.check_capability(VmCap::DirtyLog));
+    }
+}
