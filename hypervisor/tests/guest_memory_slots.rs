@@ -479,3 +479,19 @@ fn slots_refuse_bad_regions_and_boot_ram_operations() {
         Err(Error::UnknownSlot { .. })
     ));
 }
+
+#[test]
+fn a_triple_fault_is_a_shutdown_exit() {
+    let Some(kvm) = kvm_or_skip("shutdown") else {
+        return;
+    };
+    // ud2 (0F 0B) raises #UD; with an empty IDT that becomes #GP, then a double fault, then
+    // a triple fault, which KVM reports as a shutdown.
+    let (_vm, mut vcpu) = vm_with_program(&kvm, 16 * P, &[0x0f, 0x0b]);
+    let mut sregs = vcpu.get_sregs().unwrap();
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    vcpu.set_sregs(&sregs).unwrap();
+    assert_eq!(run(&mut vcpu), VcpuExit::Shutdown);
+    assert_eq!(vcpu.id(), 0);
+}
