@@ -13,7 +13,8 @@
 //!   reserved range that keeps books of what is mapped in it; both are [`MappedRegion`]s, as is
 //!   [`ExternalMapping`];
 //! - [`VolatileSlice`] and [`VolatileMemory`] for memory a guest may change at any time;
-//! - [`cache`] flush for memory read behind the CPU's caches.
+//! - [`cache`] flush for memory read behind the CPU's caches;
+//! - [`Tube`], a message channel with descriptors attached, between threads or processes.
 //!
 //! Every module has its own error enum whose messages name the offending values. Nothing
 //! reachable from this API panics on bad input.
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod descriptor;
 pub mod mmap;
 pub mod shm;
+pub mod tube;
 pub mod volatile;
 
 use std::sync::OnceLock;
@@ -34,6 +36,7 @@ pub use mmap::{
     MemoryMappingBuilder, Protection,
 };
 pub use shm::{MemfdSeals, SharedMemory};
+pub use tube::Tube;
 pub use volatile::{VolatileMemory, VolatileMemoryError, VolatileMemoryResult, VolatileSlice};
 
 /// The system page size in bytes.

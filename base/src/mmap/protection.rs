@@ -7,7 +7,7 @@ use std::fmt;
 
 /// Read and write permission of a mapping. Execute is never granted: guest memory is data to
 /// the host.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Protection {
     read: bool,
     write: bool,
