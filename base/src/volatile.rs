@@ -268,7 +268,7 @@ impl<'a> VolatileSlice<'a> {
         } else {
             align_of::<T>()
         };
-        if (ptr as usize) % align != 0 {
+        if !(ptr as usize).is_multiple_of(align) {
             return Err(VolatileMemoryError::Unaligned {
                 addr: ptr as usize,
                 align,
@@ -503,7 +503,7 @@ mod tests {
             scope.spawn(|| {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let v = if i % 2 == 0 { 0 } else { u64::MAX };
+                    let v = if i.is_multiple_of(2) { 0 } else { u64::MAX };
                     s.write_obj_volatile(v, 0).unwrap();
                     i += 1;
                 }

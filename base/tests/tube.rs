@@ -185,7 +185,8 @@ fn hostile_bytes_are_typed_errors() {
     let no_fds: [i32; 0] = [];
     let mut valid = vec![0x7bu8];
     valid.extend(postcard::to_allocvec(&Request::Ping).unwrap());
-    let cases: Vec<(Vec<u8>, fn(&Error) -> bool)> = vec![
+    type Check = fn(&Error) -> bool;
+    let cases: Vec<(Vec<u8>, Check)> = vec![
         (vec![0x00, 1, 2], |e| {
             matches!(e, Error::BadHeader { len: 3 })
         }),

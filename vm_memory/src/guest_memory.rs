@@ -877,7 +877,7 @@ fn check_obj_alignment<T>(addr: GuestAddress) -> Result<()> {
     } else {
         std::mem::align_of::<T>()
     };
-    if addr.0 % align as u64 != 0 {
+    if !addr.0.is_multiple_of(align as u64) {
         return Err(Error::UnalignedObject { addr, align });
     }
     Ok(())

@@ -236,7 +236,7 @@ impl MemoryMappingArena {
     /// Checks an add or remove range and returns its length rounded up to whole pages.
     fn check_range(&self, offset: usize, size: usize) -> Result<usize> {
         let page = pagesize();
-        if offset % page != 0 {
+        if !offset.is_multiple_of(page) {
             return Err(Error::NotPageAligned {
                 what: "arena offset",
                 value: offset as u64,

@@ -262,7 +262,7 @@ impl MapRequest {
             });
         }
         let page = pagesize();
-        if self.offset % page as u64 != 0 {
+        if !self.offset.is_multiple_of(page as u64) {
             return Err(Error::NotPageAligned {
                 what: "file offset",
                 value: self.offset,

@@ -435,7 +435,7 @@ pub(crate) fn check_page_range(
     region_size: usize,
 ) -> Result<Option<usize>> {
     let page = pagesize();
-    if offset % page != 0 {
+    if !offset.is_multiple_of(page) {
         return Err(Error::NotPageAligned {
             what: "offset",
             value: offset as u64,

@@ -152,7 +152,7 @@ impl ExternalMapping {
             });
         }
         let page = crate::pagesize();
-        if (addr as usize) % page != 0 {
+        if !(addr as usize).is_multiple_of(page) {
             return Err(Error::NotPageAligned {
                 what: "external mapping address",
                 value: addr as u64,
