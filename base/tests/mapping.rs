@@ -570,3 +570,30 @@ fn protection_is_checked_before_any_access_faults() {
         .madvise(0, PAGE, libc::MADV_DONTNEED)
         .unwrap();
 }
+
+#[test]
+fn errors_carry_an_errno_for_the_wire() {
+    let ro = common::read_only_file(PAGE as u64);
+    let err = MemoryMappingBuilder::new(PAGE)
+        .from_file(&ro)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES);
+    let err = MemoryMappingBuilder::new(PAGE)
+        .from_descriptor(&common::RawNumber(-1))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EBADF);
+    assert_eq!(
+        MemoryMappingBuilder::new(0).build().unwrap_err().errno(),
+        libc::EINVAL
+    );
+    let err = MemoryMappingBuilder::new(usize::MAX).build().unwrap_err();
+    assert_eq!(err.errno(), libc::EOVERFLOW);
+    let mut m = MemoryMappingBuilder::new(PAGE).build().unwrap();
+    let region: &mut dyn MappedRegion = &mut m;
+    assert_eq!(
+        region.remove_mapping(0, PAGE).unwrap_err().errno(),
+        libc::ENOTSUP
+    );
+}

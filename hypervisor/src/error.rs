@@ -173,7 +173,7 @@ impl Error {
             Error::Ioctl { source, .. } | Error::KvmUnavailable { source, .. } => {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
-            Error::Region { source, .. } => mmap_errno(source),
+            Error::Region { source, .. } => source.errno(),
             Error::GuestMemory(_) => libc::EFAULT,
             Error::UnknownSlot { .. } => libc::ENOENT,
             Error::SlotOverlap { .. } => libc::EEXIST,
@@ -188,22 +188,8 @@ impl Error {
             | Error::NotPageAligned { .. }
             | Error::WrongDataSize { .. }
             | Error::ZeroSize { .. } => libc::EINVAL,
-            Error::VcpuRunMapping { source, .. } => mmap_errno(source),
+            Error::VcpuRunMapping { source, .. } => source.errno(),
         }
-    }
-}
-
-/// The errno inside a `base` mapping error, or `EINVAL` for its argument checks.
-fn mmap_errno(e: &base::mmap::Error) -> i32 {
-    use base::mmap::Error as M;
-    match e {
-        M::SystemCall { source, .. } | M::Mmap { source, .. } | M::BadDescriptor { source, .. } => {
-            source.raw_os_error().unwrap_or(libc::EIO)
-        }
-        M::MappingOverlap { .. } => libc::EEXIST,
-        M::Unsupported { .. } => libc::ENOTSUP,
-        M::NoAccess { .. } => libc::EACCES,
-        _ => libc::EINVAL,
     }
 }
 

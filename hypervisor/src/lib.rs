@@ -23,7 +23,7 @@ pub use error::{Error, Result};
 pub type MemSlot = u32;
 
 /// How the guest may cache a memory region.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MemCacheType {
     /// Ordinary, cache-coherent memory.
     #[default]

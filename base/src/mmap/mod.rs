@@ -181,6 +181,23 @@ pub enum Error {
     Volatile(#[from] VolatileMemoryError),
 }
 
+impl Error {
+    /// The errno that best describes this error (the kernel's own where a syscall failed,
+    /// `EINVAL` for refused arguments), for sending it over the wire.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::SystemCall { source, .. }
+            | Error::Mmap { source, .. }
+            | Error::BadDescriptor { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::MappingOverlap { .. } => libc::EEXIST,
+            Error::Unsupported { .. } => libc::ENOTSUP,
+            Error::NoAccess { .. } => libc::EACCES,
+            Error::Overflow { .. } | Error::InvalidOffset { .. } => libc::EOVERFLOW,
+            _ => libc::EINVAL,
+        }
+    }
+}
+
 /// Result of the mmap module.
 pub type Result<T> = std::result::Result<T, Error>;
 

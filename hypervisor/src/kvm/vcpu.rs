@@ -121,6 +121,50 @@ impl KvmVcpu {
         Ok(())
     }
 
+    /// Puts the vCPU in 32-bit protected mode with flat 4 GiB code and data segments and no
+    /// paging, about to execute at `entry` with interrupts off: enough to run small guest
+    /// programs that address all of the low 4 GiB directly. KVM loads the segment registers
+    /// from these values, so the guest needs no descriptor table.
+    #[cfg(target_arch = "x86_64")]
+    pub fn set_flat_protected_mode(&self, entry: u32) -> Result<()> {
+        let mut sregs = self.get_sregs()?;
+        let flat = |selector: u16, type_: u8| kvm_bindings::kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector,
+            type_,
+            present: 1,
+            dpl: 0,
+            db: 1,
+            s: 1,
+            l: 0,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        // Code: execute/read, accessed. Data: read/write, accessed.
+        sregs.cs = flat(0x08, 0xb);
+        for seg in [
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.ss,
+            &mut sregs.fs,
+            &mut sregs.gs,
+        ] {
+            *seg = flat(0x10, 0x3);
+        }
+        const CR0_PE: u64 = 1;
+        const CR0_PG: u64 = 1 << 31;
+        sregs.cr0 = (sregs.cr0 | CR0_PE) & !CR0_PG;
+        self.set_sregs(&sregs)?;
+        let mut regs = self.get_regs()?;
+        regs.rip = entry.into();
+        // Bit 1 of RFLAGS is reserved and always set; IF stays clear.
+        regs.rflags = 2;
+        self.set_regs(&regs)
+    }
+
     /// Decodes the exit the kernel left in the run structure.
     fn decode_exit(&mut self) -> VcpuExit {
         let run = self.run_ptr();

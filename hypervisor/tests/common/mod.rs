@@ -38,42 +38,8 @@ pub fn vm_with_program(kvm: &Kvm, ram: u64, code: &[u8]) -> (KvmVm, KvmVcpu) {
     mem.write_all_at_addr(code, GuestAddress(CODE)).unwrap();
     let vm = KvmVm::new(kvm, mem).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
-    flat_protected_mode(&vcpu, CODE);
+    vcpu.set_flat_protected_mode(CODE as u32).unwrap();
     (vm, vcpu)
-}
-
-/// Puts the vCPU in 32-bit protected mode with flat 4 GiB segments, no paging, at `entry`.
-/// KVM loads segment registers straight from these descriptors, so no GDT is needed.
-pub fn flat_protected_mode(vcpu: &KvmVcpu, entry: u64) {
-    let mut sregs = vcpu.get_sregs().unwrap();
-    let flat = |selector: u16, type_: u8| kvm_bindings::kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db: 1,
-        s: 1,
-        l: 0,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    sregs.cs = flat(0x08, 0xb); // execute/read, accessed
-    for seg in [
-        &mut sregs.ds,
-        &mut sregs.es,
-        &mut sregs.ss,
-        &mut sregs.fs,
-        &mut sregs.gs,
-    ] {
-        *seg = flat(0x10, 0x3); // read/write, accessed
-    }
-    sregs.cr0 |= 1; // PE
-    vcpu.set_sregs(&sregs).unwrap();
-    restart(vcpu, entry);
 }
 
 /// Points the vCPU at `entry` again with clean flags.
