@@ -27,6 +27,10 @@ use crate::descriptor::{
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// Most descriptors one message may carry.
 pub const MAX_DESCRIPTORS: usize = 32;
+/// The kernel's limit on descriptors in one message (`SCM_MAX_FD`). Receiving with room for
+/// that many means the control data can never be truncated, so every descriptor a peer sends
+/// becomes ours to close, however many it sends.
+const SCM_MAX_FD: usize = 253;
 /// First byte of every packet. A zero-length message would look like end-of-stream on a
 /// `SOCK_SEQPACKET` socket, so every packet carries at least this byte.
 const HEADER: u8 = 0x7b;
@@ -265,7 +269,7 @@ impl Tube {
             iov_base: packet.as_mut_ptr() as *mut libc::c_void,
             iov_len: capacity,
         }];
-        let mut fds = [-1 as RawFd; MAX_DESCRIPTORS + 1];
+        let mut fds = [-1 as RawFd; SCM_MAX_FD];
         let socket = Socket(self.socket.as_raw_descriptor());
         // SAFETY: the iovec points at `capacity` bytes of `packet`'s spare capacity, which the
         // kernel may overwrite with anything; `fds` has room for the descriptors asked for.
@@ -276,10 +280,10 @@ impl Tube {
                 return Err(match e.errno() {
                     libc::EAGAIN => Error::Timeout,
                     libc::ECONNRESET => Error::Disconnected,
-                    // vmm-sys-util answers ENOBUFS when the control data was truncated (more
-                    // descriptors than we made room for); it has closed them all.
+                    // vmm-sys-util answers ENOBUFS for truncated control data, which room for
+                    // SCM_MAX_FD descriptors rules out; should it happen, it closed what it got.
                     libc::ENOBUFS => Error::TooManyDescriptors {
-                        count: MAX_DESCRIPTORS + 1,
+                        count: SCM_MAX_FD,
                         max: MAX_DESCRIPTORS,
                     },
                     errno => Error::Recv(std::io::Error::from_raw_os_error(errno)),

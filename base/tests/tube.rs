@@ -139,8 +139,14 @@ fn oversized_messages_are_refused_on_both_sides() {
 
 #[test]
 fn too_many_descriptors_are_refused_and_all_closed() {
+    for count in [MAX_DESCRIPTORS + 1, MAX_DESCRIPTORS + 2, 40, 200, 253] {
+        too_many(count);
+    }
+}
+
+fn too_many(count: usize) {
     let (a, b) = Tube::pair().unwrap();
-    let ends: Vec<_> = (0..MAX_DESCRIPTORS + 1).map(|_| pipe()).collect();
+    let ends: Vec<_> = (0..count).map(|_| pipe()).collect();
     let refs: Vec<&dyn AsRawDescriptor> = ends
         .iter()
         .map(|(_, w)| w as &dyn AsRawDescriptor)

@@ -14,20 +14,37 @@ use vm_control::{ClientError, VmMemoryClient, VmMemoryError, VmMemorySource};
 
 #[test]
 fn one_client_cannot_touch_the_others_regions_and_closing_frees_slots() {
-    let Some(kvm) = kvm_or_skip("ownership") else { return };
+    let Some(kvm) = kvm_or_skip("ownership") else {
+        return;
+    };
     let (served, mut tubes) = Served::start(&kvm, 2);
     let alice = VmMemoryClient::new(tubes.remove(0));
     let bob = VmMemoryClient::new(tubes.remove(0));
     let rw = Protection::read_write();
     let (arena, slot) = alice
-        .register_memory(VmMemorySource::Arena { size: 8 * P }, None, 0x10_0000, rw, MemCacheType::CacheCoherent)
+        .register_memory(
+            VmMemorySource::Arena { size: 8 * P },
+            None,
+            0x10_0000,
+            rw,
+            MemCacheType::CacheCoherent,
+        )
         .unwrap();
     let shm = SharedMemory::new("alice", P).unwrap();
     let (plain, _) = alice
-        .register_memory(VmMemorySource::SharedMemory, Some(&shm), 0x20_0000, rw, MemCacheType::CacheCoherent)
+        .register_memory(
+            VmMemorySource::SharedMemory,
+            Some(&shm),
+            0x20_0000,
+            rw,
+            MemCacheType::CacheCoherent,
+        )
         .unwrap();
     let unknown = |r: Result<(), ClientError>| {
-        matches!(r, Err(ClientError::Refused(VmMemoryError::UnknownRegion { .. })))
+        matches!(
+            r,
+            Err(ClientError::Refused(VmMemoryError::UnknownRegion { .. }))
+        )
     };
     // Bob names Alice's ids: every request is refused as if the id did not exist.
     assert!(unknown(bob.msync_arena(arena, 0, P)));
@@ -45,7 +62,10 @@ fn one_client_cannot_touch_the_others_regions_and_closing_frees_slots() {
     drop(alice);
     let mut freed = false;
     for _ in 0..200 {
-        if matches!(common::guest_reads(&served.vm, 0x10_0000), Err(VcpuExit::Mmio { .. })) {
+        if matches!(
+            common::guest_reads(&served.vm, 0x10_0000),
+            Err(VcpuExit::Mmio { .. })
+        ) {
             freed = true;
             break;
         }
@@ -54,11 +74,23 @@ fn one_client_cannot_touch_the_others_regions_and_closing_frees_slots() {
     assert!(freed, "the closed client's arena is still mapped");
     // Bob can now use the same addresses, and gets the freed slot number back.
     let (_, bobs_slot) = bob
-        .register_memory(VmMemorySource::Arena { size: 8 * P }, None, 0x10_0000, rw, MemCacheType::CacheCoherent)
+        .register_memory(
+            VmMemorySource::Arena { size: 8 * P },
+            None,
+            0x10_0000,
+            rw,
+            MemCacheType::CacheCoherent,
+        )
         .unwrap();
     assert_eq!(bobs_slot, slot);
-    bob.register_memory(VmMemorySource::SharedMemory, Some(&shm), 0x20_0000, rw, MemCacheType::CacheCoherent)
-        .unwrap();
+    bob.register_memory(
+        VmMemorySource::SharedMemory,
+        Some(&shm),
+        0x20_0000,
+        rw,
+        MemCacheType::CacheCoherent,
+    )
+    .unwrap();
     let server = served.stop();
     assert_eq!(server.client_count(), 1);
     assert_eq!(server.region_count(), 2);

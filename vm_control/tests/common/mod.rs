@@ -112,7 +112,11 @@ pub fn guest_reads(vm: &KvmVm, gpa: u32) -> Result<u32, VcpuExit> {
     loop {
         match vcpu.run().unwrap() {
             VcpuExit::Intr => continue,
-            VcpuExit::Io { port: 0x10, data: Some(d), .. } => return Ok(u32::from_le_bytes(d)),
+            VcpuExit::Io {
+                port: 0x10,
+                data: Some(d),
+                ..
+            } => return Ok(u32::from_le_bytes(d)),
             other => return Err(other),
         }
     }
