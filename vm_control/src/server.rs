@@ -174,10 +174,7 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
         };
         use base::tube::Error as TubeError;
         let response = match self.clients[index].tube.recv_raw() {
-            Ok((packet, descriptors)) => match base::tube::decode::<VmMemoryRequest>(&packet) {
-                Ok(request) => self.execute(id, request, descriptors),
-                Err(e) => invalid(e),
-            },
+            Ok((packet, descriptors)) => self.handle_packet(id, &packet, descriptors),
             // The bad packet was consumed whole, so answering keeps the exchange in step.
             Err(e @ (TubeError::Oversized { .. } | TubeError::TooManyDescriptors { .. })) => {
                 invalid(e)
@@ -208,6 +205,21 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
                     owned.slot
                 );
             }
+        }
+    }
+
+    /// Decodes one packet as received from client `id` (header byte included) and executes
+    /// it, or answers why it does not decode. This is all the server does with a message, so
+    /// tests and fuzzers can drive it without sockets.
+    pub fn handle_packet(
+        &mut self,
+        id: ClientId,
+        packet: &[u8],
+        descriptors: Vec<SafeDescriptor>,
+    ) -> VmMemoryResponse {
+        match base::tube::decode::<VmMemoryRequest>(packet) {
+            Ok(request) => self.execute(id, request, descriptors),
+            Err(e) => invalid(e),
         }
     }
 
