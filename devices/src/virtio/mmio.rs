@@ -1,0 +1,311 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The virtio-mmio transport, version 2 (modern): the register block a driver uses to find a
+//! device, negotiate features, set up queues, notify, and read interrupt status and config.
+
+use vm_memory::{GuestAddress, GuestMemory};
+
+use super::queue::Queue;
+use crate::bus::BusDevice;
+
+/// "virt", little-endian.
+pub const MMIO_MAGIC: u32 = 0x7472_6976;
+/// The modern (non-legacy) transport.
+pub const MMIO_VERSION: u32 = 2;
+/// The register block's size; device config starts at 0x100.
+pub const MMIO_SIZE: u64 = 0x200;
+/// Our vendor id ("VMMQ").
+pub const VENDOR_ID: u32 = 0x514d_4d56;
+/// The feature bit every modern device offers and every modern driver must accept.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device status bits.
+pub mod status {
+    /// The driver found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The driver knows how to drive it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 128;
+}
+
+/// Register offsets (virtio 1.x, section 4.2.2).
+mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// Interrupt status bit: the device used buffers.
+pub const INTERRUPT_USED_BUFFER: u32 = 1;
+
+/// What a virtio device implements behind the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (27 for pmem).
+    fn device_type(&self) -> u32;
+    /// Device-specific feature bits it offers; the transport adds `VIRTIO_F_VERSION_1`.
+    fn features(&self) -> u64;
+    /// The maximum size of each of its queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Reads its configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver notified queue `index`: process what is available. Returns whether any
+    /// buffer was used (the transport then raises its interrupt status).
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    queues: Vec<Queue>,
+    interrupt_status: u32,
+}
+
+impl MmioTransport {
+    /// Puts `device` behind a transport that reaches guest memory through `mem`.
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> MmioTransport {
+        let queues = device
+            .queue_max_sizes()
+            .into_iter()
+            .map(Queue::new)
+            .collect();
+        MmioTransport {
+            device,
+            mem,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            queues,
+            interrupt_status: 0,
+        }
+    }
+
+    /// The device status the driver has reached.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// The interrupt status (bit 0: used buffers).
+    pub fn interrupt_status(&self) -> u32 {
+        self.interrupt_status
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.interrupt_status = 0;
+        self.queues.iter_mut().for_each(Queue::reset);
+        self.device.reset();
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_sel as usize);
+        match offset {
+            reg::MAGIC => MMIO_MAGIC,
+            reg::VERSION => MMIO_VERSION,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
+                _ => 0,
+            },
+            reg::QUEUE_NUM_MAX => queue.map_or(0, |q| q.max_size().into()),
+            reg::QUEUE_READY => queue.map_or(0, |q| q.ready.into()),
+            reg::INTERRUPT_STATUS => self.interrupt_status,
+            reg::STATUS => self.status,
+            reg::CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        let queue_writable = self.status & status::DRIVER_OK == 0;
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            reg::DRIVER_FEATURES if self.status & status::FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            reg::QUEUE_SEL => self.queue_sel = value,
+            reg::QUEUE_NUM if queue_writable => {
+                if let Some(q) = self.selected_queue() {
+                    q.size = value.min(u16::MAX.into()) as u16;
+                }
+            }
+            reg::QUEUE_READY => self.set_queue_ready(value == 1),
+            reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_DRIVER_LOW
+            | reg::QUEUE_DRIVER_HIGH
+            | reg::QUEUE_DEVICE_LOW
+            | reg::QUEUE_DEVICE_HIGH
+                if queue_writable =>
+            {
+                if let Some(q) = self.selected_queue() {
+                    if q.ready {
+                        return;
+                    }
+                    let field = match offset {
+                        reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH => &mut q.desc_table,
+                        reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH => &mut q.avail_ring,
+                        _ => &mut q.used_ring,
+                    };
+                    *field = if offset.is_multiple_of(8) {
+                        GuestAddress((field.0 & !0xffff_ffff) | u64::from(value))
+                    } else {
+                        GuestAddress((field.0 & 0xffff_ffff) | (u64::from(value) << 32))
+                    };
+                }
+            }
+            reg::QUEUE_NOTIFY => self.notify(value as usize),
+            reg::INTERRUPT_ACK => self.interrupt_status &= !value,
+            reg::STATUS => self.set_status(value),
+            _ => log::debug!("virtio-mmio: ignored write of {value:#x} at {offset:#x}"),
+        }
+    }
+
+    fn set_queue_ready(&mut self, ready: bool) {
+        let mem = self.mem.clone();
+        let Some(q) = self.selected_queue() else {
+            return;
+        };
+        if !ready {
+            q.ready = false;
+            return;
+        }
+        match q.validate(&mem) {
+            Ok(()) => q.ready = true,
+            Err(e) => log::warn!("virtio-mmio: queue refused: {e}"),
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let mut value = value;
+        if value & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
+            let offered = self.offered_features();
+            let acceptable = self.driver_features & !offered == 0
+                && self.driver_features & VIRTIO_F_VERSION_1 != 0;
+            if !acceptable {
+                // The driver reads the status back and sees FEATURES_OK refused.
+                log::warn!(
+                    "virtio-mmio: driver features {:#x} not acceptable (offered {offered:#x})",
+                    self.driver_features
+                );
+                value &= !status::FEATURES_OK;
+            }
+        }
+        if value & status::DRIVER_OK != 0 && value & status::FEATURES_OK == 0 {
+            value &= !status::DRIVER_OK;
+        }
+        self.status = value;
+    }
+
+    fn notify(&mut self, index: usize) {
+        if self.status & status::DRIVER_OK == 0 {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            log::warn!("virtio-mmio: notify for queue {index}, which does not exist");
+            return;
+        };
+        if !queue.ready {
+            return;
+        }
+        if self.device.process_queue(index, queue, &self.mem) {
+            self.interrupt_status |= INTERRUPT_USED_BUFFER;
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            self.device.read_config(offset - reg::CONFIG, data);
+            return;
+        }
+        // Registers are 32-bit and must be read whole and aligned; anything else reads 0.
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= reg::CONFIG {
+            // Our devices' config spaces are read-only.
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            return;
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}

@@ -1,0 +1,264 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-pmem: a file the guest maps as persistent memory. Its FLUSH request becomes an
+//! msync of the whole window, asked of the VM over `vm_control`.
+
+use std::fs::File;
+
+use base::{pagesize, Protection, SharedMemory};
+use hypervisor::{MemCacheType, MemSlot};
+use remain::sorted;
+use thiserror::Error;
+use vm_control::{ClientError, VmMemoryClient, VmMemoryRegionId, VmMemorySource};
+use vm_memory::GuestMemory;
+
+use super::mmio::VirtioDevice;
+use super::queue::{DescriptorChain, Queue};
+
+/// The virtio device id of pmem.
+pub const VIRTIO_ID_PMEM: u32 = 27;
+/// The one request type: flush the window to the backing file.
+pub const VIRTIO_PMEM_REQ_TYPE_FLUSH: u32 = 0;
+/// Response: done.
+pub const VIRTIO_PMEM_RESP_TYPE_OK: u32 = 0;
+/// Response: the flush failed.
+pub const VIRTIO_PMEM_RESP_TYPE_EIO: u32 = 1;
+/// The window is a whole number of these, and starts on one.
+pub const PMEM_ALIGN: u64 = 2 << 20;
+const QUEUE_SIZE: u16 = 256;
+
+/// Errors of setting up a pmem device.
+#[sorted]
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The backing file is empty.
+    #[error("the pmem backing file is empty")]
+    EmptyFile,
+    /// Reading the file's size failed.
+    #[error("cannot read the backing file's size: {0}")]
+    FileMetadata(#[source] std::io::Error),
+    /// The VM refused to map the backing file into the window.
+    #[error("mapping the backing file ({len:#x} bytes) into the window failed: {source}")]
+    MapFile {
+        /// The file's length.
+        len: u64,
+        /// What the VM answered.
+        source: ClientError,
+    },
+    /// The VM refused to map the padding after the file.
+    #[error("mapping {len:#x} bytes of padding failed: {source}")]
+    MapPadding {
+        /// The padding's length.
+        len: u64,
+        /// What the VM answered.
+        source: ClientError,
+    },
+    /// The padding memory could not be made.
+    #[error("cannot create the padding memory: {0}")]
+    Padding(#[source] base::shm::Error),
+    /// The VM refused the window.
+    #[error("registering the {size:#x}-byte window at {guest_addr:#x} failed: {source}")]
+    Register {
+        /// Where.
+        guest_addr: u64,
+        /// Its size.
+        size: u64,
+        /// What the VM answered.
+        source: ClientError,
+    },
+    /// The window would pass the end of the address space.
+    #[error("a window for a file of {len:#x} bytes does not fit")]
+    TooLarge {
+        /// The file's length.
+        len: u64,
+    },
+    /// The guest address is not 2 MiB-aligned.
+    #[error("pmem window address {guest_addr:#x} is not aligned to {align:#x}")]
+    Unaligned {
+        /// The address.
+        guest_addr: u64,
+        /// The alignment required.
+        align: u64,
+    },
+}
+
+/// Result of pmem set-up.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A virtio-pmem device. The window is registered with the VM at construction and stays
+/// until the device's client goes away.
+pub struct Pmem {
+    client: VmMemoryClient,
+    region: VmMemoryRegionId,
+    slot: MemSlot,
+    guest_addr: u64,
+    window: u64,
+    file_part: u64,
+}
+
+impl Pmem {
+    /// Maps `file` at `guest_addr` (2 MiB-aligned) through `client`: a fresh arena the size
+    /// of the file rounded up to 2 MiB, the file at its start, anonymous shared memory after.
+    pub fn new(client: VmMemoryClient, file: &File, guest_addr: u64) -> Result<Pmem> {
+        if !guest_addr.is_multiple_of(PMEM_ALIGN) {
+            return Err(Error::Unaligned {
+                guest_addr,
+                align: PMEM_ALIGN,
+            });
+        }
+        let len = file.metadata().map_err(Error::FileMetadata)?.len();
+        if len == 0 {
+            return Err(Error::EmptyFile);
+        }
+        let window = len
+            .checked_next_multiple_of(PMEM_ALIGN)
+            .ok_or(Error::TooLarge { len })?;
+        let rw = Protection::read_write();
+        let (region, slot) = client
+            .register_memory(
+                VmMemorySource::Arena { size: window },
+                None,
+                guest_addr,
+                rw,
+                MemCacheType::CacheCoherent,
+            )
+            .map_err(|source| Error::Register {
+                guest_addr,
+                size: window,
+                source,
+            })?;
+        let file_part = len.next_multiple_of(pagesize() as u64);
+        let mapped = client
+            .map_into_arena(region, 0, file, 0, len, rw)
+            .map_err(|source| Error::MapFile { len, source })
+            .and_then(|()| {
+                let padding = window - file_part;
+                if padding == 0 {
+                    return Ok(());
+                }
+                let shm = SharedMemory::new("pmem-padding", padding).map_err(Error::Padding)?;
+                client
+                    .map_into_arena(region, file_part, &shm, 0, padding, rw)
+                    .map_err(|source| Error::MapPadding {
+                        len: padding,
+                        source,
+                    })
+            });
+        if let Err(e) = mapped {
+            // Do not leave a half-built window registered.
+            let _ = client.unregister_memory(region);
+            return Err(e);
+        }
+        Ok(Pmem {
+            client,
+            region,
+            slot,
+            guest_addr,
+            window,
+            file_part,
+        })
+    }
+
+    /// The window's guest physical address.
+    pub fn guest_addr(&self) -> u64 {
+        self.guest_addr
+    }
+
+    /// The window's size (the file's size rounded up to 2 MiB).
+    pub fn size(&self) -> u64 {
+        self.window
+    }
+
+    /// The VM slot the window occupies.
+    pub fn slot(&self) -> MemSlot {
+        self.slot
+    }
+
+    /// Serves one request chain; returns the bytes written to the driver.
+    fn handle(&self, chain: &DescriptorChain, mem: &GuestMemory) -> u32 {
+        let request = chain.buffers.iter().find(|b| !b.writable && b.len >= 4);
+        let response = chain
+            .buffers
+            .iter()
+            .rev()
+            .find(|b| b.writable && b.len >= 4);
+        let (Some(request), Some(response)) = (request, response) else {
+            log::warn!(
+                "virtio-pmem: chain {} lacks a request or a response buffer",
+                chain.head
+            );
+            return 0;
+        };
+        let ret = match mem.read_obj_from_addr::<u32>(request.addr) {
+            Ok(VIRTIO_PMEM_REQ_TYPE_FLUSH) => {
+                match self.client.msync_arena(self.region, 0, self.file_part) {
+                    Ok(()) => VIRTIO_PMEM_RESP_TYPE_OK,
+                    Err(e) => {
+                        log::error!("virtio-pmem: flush failed: {e}");
+                        VIRTIO_PMEM_RESP_TYPE_EIO
+                    }
+                }
+            }
+            Ok(other) => {
+                log::warn!("virtio-pmem: unknown request type {other}");
+                VIRTIO_PMEM_RESP_TYPE_EIO
+            }
+            Err(e) => {
+                log::warn!("virtio-pmem: cannot read the request: {e}");
+                return 0;
+            }
+        };
+        match mem.write_obj_at_addr(ret, response.addr) {
+            Ok(()) => 4,
+            Err(_) => 0,
+        }
+    }
+}
+
+impl VirtioDevice for Pmem {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_PMEM
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_pmem_config { le64 start; le64 size; }
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&self.guest_addr.to_le_bytes());
+        config[8..].copy_from_slice(&self.window.to_le_bytes());
+        data.fill(0);
+        let start = (offset as usize).min(config.len());
+        let n = data.len().min(config.len() - start);
+        data[..n].copy_from_slice(&config[start..start + n]);
+    }
+
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let mut used = false;
+        loop {
+            match queue.pop(mem) {
+                Ok(None) => break,
+                Ok(Some(Ok(chain))) => {
+                    let len = self.handle(&chain, mem);
+                    used |= queue.add_used(mem, chain.head, len).is_ok();
+                }
+                Ok(Some(Err(bad))) => {
+                    log::warn!("virtio-pmem: queue {index}: bad chain: {}", bad.error);
+                    used |= queue.add_used(mem, bad.head, 0).is_ok();
+                }
+                Err(e) => {
+                    log::error!("virtio-pmem: queue {index} is broken: {e}");
+                    break;
+                }
+            }
+        }
+        used
+    }
+}

@@ -1,0 +1,462 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! virtio-mmio and virtio-pmem driven as a guest driver would drive them: registers through
+//! the bus, rings written into guest memory.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use base::{AsRawDescriptor, MemoryMappingBuilder, RawDescriptor, Tube};
+use devices::bus::{BusDevice, MmioBus};
+use devices::virtio::mmio::{status, MmioTransport, VirtioDevice, MMIO_MAGIC, MMIO_SIZE};
+use devices::virtio::pmem::{
+    Error as PmemError, Pmem, VIRTIO_ID_PMEM, VIRTIO_PMEM_RESP_TYPE_EIO, VIRTIO_PMEM_RESP_TYPE_OK,
+};
+use devices::virtio::queue::{Queue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use hypervisor::kvm::{Kvm, KvmVm};
+use vm_control::{VmMemoryClient, VmMemoryServer};
+use vm_memory::{GuestAddress, GuestMemory};
+use vmm_sys_util::eventfd::EventFd;
+
+const MMIO_BASE: u64 = 0xd000_0000;
+const PMEM_GPA: u64 = 0x4000_0000;
+const DESC: u64 = 0x1_0000;
+const AVAIL: u64 = 0x1_1000;
+const USED: u64 = 0x1_2000;
+const REQ: u64 = 0x1_3000;
+const RESP: u64 = 0x1_3010;
+const QSIZE: u16 = 16;
+
+fn kvm_or_skip(test: &str) -> Option<Kvm> {
+    match Kvm::new() {
+        Ok(kvm) => Some(kvm),
+        Err(e) => {
+            if std::env::var_os("VMM_REQUIRE_KVM").is_some_and(|v| v == "1") {
+                panic!("{test}: KVM is required here but unusable: {e}");
+            }
+            println!("KVM-SKIP {test}: {e}");
+            None
+        }
+    }
+}
+
+struct Exit(Arc<EventFd>);
+
+impl AsRawDescriptor for Exit {
+    fn as_raw_descriptor(&self) -> RawDescriptor {
+        self.0.as_raw_fd()
+    }
+}
+
+/// A VM with 1 MiB of RAM, a vm_control server on a thread, and a pmem device on a bus.
+struct Rig {
+    mem: GuestMemory,
+    bus: MmioBus,
+    exit: Arc<EventFd>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Rig {
+    fn new(kvm: &Kvm, file: &std::fs::File) -> Rig {
+        let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vm = Arc::new(KvmVm::new(kvm, mem.clone()).unwrap());
+        let mut server = VmMemoryServer::new(vm);
+        let (client, server_end) = Tube::pair().unwrap();
+        server.add_client(server_end);
+        let exit = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let thread_exit = Exit(exit.clone());
+        let server = std::thread::spawn(move || server.run(&thread_exit).unwrap());
+        let pmem = Pmem::new(VmMemoryClient::new(client), file, PMEM_GPA).unwrap();
+        let mut bus = MmioBus::new();
+        let transport = MmioTransport::new(Box::new(pmem), mem.clone());
+        bus.insert(Arc::new(Mutex::new(transport)), MMIO_BASE, MMIO_SIZE)
+            .unwrap();
+        Rig {
+            mem,
+            bus,
+            exit,
+            server: Some(server),
+        }
+    }
+
+    /// Stops the vm_control server: the device's requests fail from now on.
+    fn stop_server(&mut self) {
+        self.exit.write(1).unwrap();
+        self.server.take().unwrap().join().unwrap();
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        assert!(self.bus.read(MMIO_BASE + offset, &mut data));
+        u32::from_le_bytes(data)
+    }
+
+    fn write32(&self, offset: u64, value: u32) {
+        assert!(self.bus.write(MMIO_BASE + offset, &value.to_le_bytes()));
+    }
+
+    /// The driver's side of initialisation, with queue 0 at the usual addresses.
+    fn handshake(&self) {
+        assert_eq!(self.read32(0x000), MMIO_MAGIC);
+        assert_eq!(self.read32(0x004), 2);
+        assert_eq!(self.read32(0x008), VIRTIO_ID_PMEM);
+        self.write32(0x070, status::ACKNOWLEDGE);
+        self.write32(0x070, status::ACKNOWLEDGE | status::DRIVER);
+        self.write32(0x014, 1);
+        assert_eq!(self.read32(0x010) & 1, 1, "VIRTIO_F_VERSION_1 offered");
+        self.write32(0x024, 1);
+        self.write32(0x020, 1);
+        self.write32(
+            0x070,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        assert_ne!(
+            self.read32(0x070) & status::FEATURES_OK,
+            0,
+            "features accepted"
+        );
+        self.write32(0x030, 0);
+        assert_eq!(self.read32(0x034), 256);
+        self.write32(0x038, QSIZE.into());
+        for (low, addr) in [(0x080, DESC), (0x090, AVAIL), (0x0a0, USED)] {
+            self.write32(low, addr as u32);
+            self.write32(low + 4, (addr >> 32) as u32);
+        }
+        self.write32(0x044, 1);
+        assert_eq!(self.read32(0x044), 1, "queue accepted");
+        self.write32(
+            0x070,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+    }
+
+    fn desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(DESC + 16 * u64::from(index));
+        self.mem.write_obj_at_addr(addr, at).unwrap();
+        self.mem
+            .write_obj_at_addr(len, at.unchecked_add(8))
+            .unwrap();
+        self.mem
+            .write_obj_at_addr(flags, at.unchecked_add(12))
+            .unwrap();
+        self.mem
+            .write_obj_at_addr(next, at.unchecked_add(14))
+            .unwrap();
+    }
+
+    fn avail_idx(&self) -> u16 {
+        self.mem
+            .read_obj_from_addr(GuestAddress(AVAIL + 2))
+            .unwrap()
+    }
+
+    /// Offers chain `head` and notifies; returns the used element the device wrote.
+    fn offer(&self, head: u16) -> (u32, u32) {
+        let idx = self.avail_idx();
+        self.mem
+            .write_obj_at_addr(head, GuestAddress(AVAIL + 4 + 2 * u64::from(idx % QSIZE)))
+            .unwrap();
+        self.mem
+            .write_obj_at_addr(idx.wrapping_add(1), GuestAddress(AVAIL + 2))
+            .unwrap();
+        self.write32(0x050, 0);
+        let used_idx: u16 = self.mem.read_obj_from_addr(GuestAddress(USED + 2)).unwrap();
+        assert_eq!(
+            used_idx,
+            idx.wrapping_add(1),
+            "every offered chain is returned"
+        );
+        let elem = GuestAddress(USED + 4 + 8 * u64::from(idx % QSIZE));
+        (
+            self.mem.read_obj_from_addr(elem).unwrap(),
+            self.mem.read_obj_from_addr(elem.unchecked_add(4)).unwrap(),
+        )
+    }
+
+    /// A well-formed FLUSH at head 0; returns the device's response code.
+    fn flush(&self) -> u32 {
+        self.mem.write_obj_at_addr(0u32, GuestAddress(REQ)).unwrap();
+        self.mem
+            .write_obj_at_addr(0xffu32, GuestAddress(RESP))
+            .unwrap();
+        self.desc(0, REQ, 4, VIRTQ_DESC_F_NEXT, 1);
+        self.desc(1, RESP, 4, VIRTQ_DESC_F_WRITE, 0);
+        assert_eq!(self.offer(0), (0, 4));
+        assert_eq!(self.read32(0x060) & 1, 1, "interrupt raised");
+        self.write32(0x064, 1);
+        assert_eq!(self.read32(0x060), 0, "interrupt acknowledged");
+        self.mem.read_obj_from_addr(GuestAddress(RESP)).unwrap()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            self.stop_server();
+        }
+    }
+}
+
+fn backing_file(len: u64) -> std::fs::File {
+    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    file.set_len(len).unwrap();
+    file
+}
+
+#[test]
+fn flush_reaches_the_file_and_config_reports_the_window() {
+    let Some(kvm) = kvm_or_skip("pmem_flush") else {
+        return;
+    };
+    // Not a whole number of 2 MiB: the window rounds up and the rest is padding.
+    let file = backing_file((3 << 20) + 100);
+    let rig = Rig::new(&kvm, &file);
+    rig.handshake();
+    let mut config = [0u8; 16];
+    assert!(rig.bus.read(MMIO_BASE + 0x100, &mut config[..8]));
+    assert!(rig.bus.read(MMIO_BASE + 0x108, &mut config[8..]));
+    assert_eq!(
+        u64::from_le_bytes(config[..8].try_into().unwrap()),
+        PMEM_GPA
+    );
+    assert_eq!(u64::from_le_bytes(config[8..].try_into().unwrap()), 4 << 20);
+    // What the guest writes through the window lands in the file's page cache; the flush
+    // makes it durable.
+    let view = MemoryMappingBuilder::new((3 << 20) + 100)
+        .from_file(&file)
+        .build()
+        .unwrap();
+    view.write_slice(b"persistent record", 0x1234).unwrap();
+    assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
+    let mut back = [0u8; 17];
+    file.read_exact_at(&mut back, 0x1234).unwrap();
+    assert_eq!(&back, b"persistent record");
+    // Again, to prove the ring indexes wrap and advance.
+    for _ in 0..40 {
+        assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
+    }
+}
+
+#[test]
+fn a_flush_whose_msync_fails_answers_eio() {
+    let Some(kvm) = kvm_or_skip("pmem_eio") else {
+        return;
+    };
+    let file = backing_file(2 << 20);
+    let mut rig = Rig::new(&kvm, &file);
+    rig.handshake();
+    assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
+    rig.stop_server();
+    assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_EIO);
+}
+
+#[test]
+fn hostile_rings_are_reported_and_the_queue_keeps_working() {
+    let Some(kvm) = kvm_or_skip("pmem_hostile") else {
+        return;
+    };
+    let file = backing_file(2 << 20);
+    let rig = Rig::new(&kvm, &file);
+    rig.handshake();
+    // A head past the queue size.
+    assert_eq!(rig.offer(QSIZE + 3), (u32::from(QSIZE + 3), 0));
+    // A chain that loops on itself.
+    rig.desc(2, REQ, 4, VIRTQ_DESC_F_NEXT, 3);
+    rig.desc(3, RESP, 4, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2);
+    assert_eq!(rig.offer(2), (2, 0));
+    // A next index past the queue size.
+    rig.desc(4, REQ, 4, VIRTQ_DESC_F_NEXT, 999);
+    assert_eq!(rig.offer(4), (4, 0));
+    // Buffers outside guest memory, and one that runs past its end.
+    rig.desc(5, 0xffff_0000, 4, VIRTQ_DESC_F_NEXT, 6);
+    rig.desc(6, RESP, 4, VIRTQ_DESC_F_WRITE, 0);
+    assert_eq!(rig.offer(5), (5, 0));
+    rig.desc(7, (1 << 20) - 2, 4, 0, 0);
+    assert_eq!(rig.offer(7), (7, 0));
+    rig.desc(8, u64::MAX - 1, u32::MAX, 0, 0);
+    assert_eq!(rig.offer(8), (8, 0));
+    // An indirect descriptor, which was not negotiated.
+    rig.desc(9, REQ, 16, VIRTQ_DESC_F_INDIRECT, 0);
+    assert_eq!(rig.offer(9), (9, 0));
+    // No response buffer, and a response buffer too small.
+    rig.desc(10, REQ, 4, 0, 0);
+    assert_eq!(rig.offer(10), (10, 0));
+    rig.desc(11, REQ, 4, VIRTQ_DESC_F_NEXT, 12);
+    rig.desc(12, RESP, 2, VIRTQ_DESC_F_WRITE, 0);
+    assert_eq!(rig.offer(12), (12, 0));
+    // An unknown request type gets EIO.
+    rig.mem.write_obj_at_addr(77u32, GuestAddress(REQ)).unwrap();
+    rig.desc(13, REQ, 4, VIRTQ_DESC_F_NEXT, 14);
+    rig.desc(14, RESP, 4, VIRTQ_DESC_F_WRITE, 0);
+    assert_eq!(rig.offer(13), (13, 4));
+    assert_eq!(
+        rig.mem
+            .read_obj_from_addr::<u32>(GuestAddress(RESP))
+            .unwrap(),
+        VIRTIO_PMEM_RESP_TYPE_EIO
+    );
+    // After all that, a good flush still works.
+    assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
+    // An available index that jumps a whole queue ahead breaks the queue: nothing is
+    // consumed, nothing panics.
+    let idx = rig.avail_idx();
+    rig.mem
+        .write_obj_at_addr(idx.wrapping_add(QSIZE + 1), GuestAddress(AVAIL + 2))
+        .unwrap();
+    let used_before: u16 = rig.mem.read_obj_from_addr(GuestAddress(USED + 2)).unwrap();
+    rig.write32(0x050, 0);
+    let used_after: u16 = rig.mem.read_obj_from_addr(GuestAddress(USED + 2)).unwrap();
+    assert_eq!(used_before, used_after);
+    // Notifying a queue that does not exist is ignored.
+    rig.write32(0x050, 5);
+}
+
+#[test]
+fn pmem_set_up_refusals() {
+    let Some(kvm) = kvm_or_skip("pmem_setup") else {
+        return;
+    };
+    let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let vm = Arc::new(KvmVm::new(&kvm, mem).unwrap());
+    let mut server = VmMemoryServer::new(vm);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (client, server_end) = Tube::pair().unwrap();
+        server.add_client(server_end);
+        clients.push(VmMemoryClient::new(client));
+    }
+    let exit = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    let thread_exit = Exit(exit.clone());
+    let thread = std::thread::spawn(move || server.run(&thread_exit).unwrap());
+    let file = backing_file(4096);
+    let err = Pmem::new(clients.pop().unwrap(), &file, PMEM_GPA + 4096)
+        .err()
+        .unwrap();
+    assert!(matches!(err, PmemError::Unaligned { .. }), "{err}");
+    let err = Pmem::new(clients.pop().unwrap(), &backing_file(0), PMEM_GPA)
+        .err()
+        .unwrap();
+    assert!(matches!(err, PmemError::EmptyFile), "{err}");
+    // Over boot RAM: the VM refuses the window.
+    let err = Pmem::new(clients.pop().unwrap(), &file, 0).err().unwrap();
+    assert!(matches!(err, PmemError::Register { .. }), "{err}");
+    exit.write(1).unwrap();
+    thread.join().unwrap();
+}
+
+/// A device with one queue that uses nothing, to test the transport alone.
+struct Null;
+
+impl VirtioDevice for Null {
+    fn device_type(&self) -> u32 {
+        99
+    }
+    fn features(&self) -> u64 {
+        1 << 5
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![8]
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xcc);
+    }
+    fn process_queue(&mut self, _: usize, _: &mut Queue, _: &GuestMemory) -> bool {
+        true
+    }
+}
+
+#[test]
+fn the_transport_refuses_what_a_driver_must_not_do() {
+    let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mut t = MmioTransport::new(Box::new(Null), mem);
+    let read = |t: &mut MmioTransport, offset: u64| {
+        let mut d = [0u8; 4];
+        t.read(offset, &mut d);
+        u32::from_le_bytes(d)
+    };
+    let write = |t: &mut MmioTransport, offset: u64, v: u32| t.write(offset, &v.to_le_bytes());
+    // Registers read whole and aligned only.
+    let mut two = [0xaau8; 2];
+    t.read(0x000, &mut two);
+    assert_eq!(two, [0, 0]);
+    let mut odd = [0xaau8; 4];
+    t.read(0x002, &mut odd);
+    assert_eq!(odd, [0; 4]);
+    t.write(0x070, &[1, 0]);
+    assert_eq!(t.status(), 0, "a short status write is ignored");
+    // Features without VERSION_1, or with bits not offered, are refused at FEATURES_OK.
+    write(&mut t, 0x070, status::ACKNOWLEDGE | status::DRIVER);
+    write(&mut t, 0x024, 0);
+    write(&mut t, 0x020, 1 << 5);
+    write(
+        &mut t,
+        0x070,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    assert_eq!(read(&mut t, 0x070) & status::FEATURES_OK, 0);
+    write(&mut t, 0x024, 1);
+    write(&mut t, 0x020, 1 | 2);
+    write(
+        &mut t,
+        0x070,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    assert_eq!(read(&mut t, 0x070) & status::FEATURES_OK, 0);
+    // DRIVER_OK without FEATURES_OK does not stick.
+    write(
+        &mut t,
+        0x070,
+        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    );
+    assert_eq!(read(&mut t, 0x070) & status::DRIVER_OK, 0);
+    write(&mut t, 0x020, 1);
+    write(
+        &mut t,
+        0x070,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    assert_ne!(read(&mut t, 0x070) & status::FEATURES_OK, 0);
+    // Queue configurations that must not become ready.
+    write(&mut t, 0x030, 0);
+    for (size, desc, avail, used) in [
+        (0u32, 0x1000u64, 0x2000u64, 0x3000u64),
+        (3, 0x1000, 0x2000, 0x3000),
+        (16, 0x1000, 0x2000, 0x3000),
+        (8, 0x1008, 0x2000, 0x3000),
+        (8, 0x1000, 0x2001, 0x3000),
+        (8, 0x1000, 0x2000, 0x3002),
+        (8, 0xff_fff0, 0x2000, 0x3000),
+        (8, 0x1000, 0x2000, (1 << 20) - 8),
+        (8, u64::MAX - 15, 0x2000, 0x3000),
+    ] {
+        write(&mut t, 0x038, size);
+        for (low, addr) in [(0x080, desc), (0x090, avail), (0x0a0, used)] {
+            write(&mut t, low, addr as u32);
+            write(&mut t, low + 4, (addr >> 32) as u32);
+        }
+        write(&mut t, 0x044, 1);
+        assert_eq!(
+            read(&mut t, 0x044),
+            0,
+            "size {size} desc {desc:#x} avail {avail:#x} used {used:#x}"
+        );
+    }
+    // A queue that does not exist reads as absent.
+    write(&mut t, 0x030, 7);
+    assert_eq!(read(&mut t, 0x034), 0);
+    write(&mut t, 0x044, 1);
+    // Notify before DRIVER_OK does nothing.
+    write(&mut t, 0x050, 0);
+    assert_eq!(t.interrupt_status(), 0);
+    // Config reads any size; writes are ignored.
+    let mut config = [0u8; 3];
+    t.read(0x105, &mut config);
+    assert_eq!(config, [0xcc; 3]);
+    t.write(0x100, &[1, 2, 3, 4]);
+    // Reset clears everything.
+    write(&mut t, 0x070, 0);
+    assert_eq!(t.status(), 0);
+    assert_eq!(read(&mut t, 0x070), 0);
+}
