@@ -6,7 +6,10 @@
 //! - `run` is the main job: a guest on KVM writes to a file-backed virtio-pmem device and
 //!   flushes, and the flush travels device -> vm_control -> Vm -> msync; the host verifies
 //!   the file, the dirty log and a refused read-only write, and reports each step's cost.
+//! - `bench` measures the crates next to raw memcpy, syscalls and ioctls and the vm-memory
+//!   crate, in one run, and prints the ratios.
 
+mod bench;
 mod guest;
 mod run;
 
@@ -35,12 +38,22 @@ enum Command {
         #[arg(long, value_parser = run::pmem_arg)]
         pmem: Option<PathBuf>,
     },
+    /// Measure our crates against raw code and the vm-memory crate, side by side.
+    Bench {
+        /// A shorter run (under a minute) with fewer samples.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { pmem } => run::run(pmem.as_deref()),
+        Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
