@@ -90,37 +90,31 @@ impl MmioBus {
         Ok(())
     }
 
-    /// The device holding `addr` and the offset of `addr` in it.
-    fn find(&self, addr: u64) -> Option<(&Entry, u64)> {
-        let (&base, entry) = self.devices.range(..=addr).next_back()?;
+    /// Calls `f` with the device holding `addr` and the offset of `addr` in it; returns
+    /// false when no device holds `addr`.
+    fn with_device(&self, addr: u64, f: impl FnOnce(&mut dyn BusDevice, u64)) -> bool {
+        let Some((&base, entry)) = self.devices.range(..=addr).next_back() else {
+            return false;
+        };
         let offset = addr - base;
-        (offset < entry.len).then_some((entry, offset))
+        if offset >= entry.len {
+            return false;
+        }
+        f(
+            &mut *entry.device.lock().unwrap_or_else(|e| e.into_inner()),
+            offset,
+        );
+        true
     }
 
     /// Routes a read; returns false (leaving `data` alone) when no device holds `addr`.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        let Some((entry, offset)) = self.find(addr) else {
-            return false;
-        };
-        entry
-            .device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read(offset, data);
-        true
+        self.with_device(addr, |device, offset| device.read(offset, data))
     }
 
     /// Routes a write; returns false when no device holds `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        let Some((entry, offset)) = self.find(addr) else {
-            return false;
-        };
-        entry
-            .device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(offset, data);
-        true
+        self.with_device(addr, |device, offset| device.write(offset, data))
     }
 }
 
