@@ -160,10 +160,9 @@ impl<'a> VolatileSlice<'a> {
     pub fn copy_to<T: IntoBytes + FromBytes>(&self, buf: &mut [T]) -> usize {
         let dst = buf.as_mut_bytes();
         let len = dst.len().min(self.size);
-        // SAFETY: `len` bytes are valid in both: `dst` is our own buffer, and the slice's memory
-        // is valid for `size >= len` bytes. A buffer we hold `&mut` to cannot overlap memory
-        // that a VolatileSlice reaches unless the caller built one over it with `new`, which
-        // borrows it mutably for as long as the slice lives.
+        // `dst` cannot alias the slice: a VolatileSlice over a Rust buffer (`new`) borrows
+        // that buffer mutably for its whole life.
+        // SAFETY: both are valid for `len <= size` bytes and do not overlap (see above).
         unsafe { copy_from_volatile(dst.as_mut_ptr(), self.addr, len) };
         len
     }

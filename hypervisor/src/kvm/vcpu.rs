@@ -168,9 +168,9 @@ impl KvmVcpu {
     /// Decodes the exit the kernel left in the run structure.
     fn decode_exit(&mut self) -> VcpuExit {
         let run = self.run_ptr();
-        // SAFETY: `run` points at our mapping of the kernel's `kvm_run` (checked to be large
-        // enough in `new`); the vCPU is not running, so the kernel does not change it now.
-        // Union fields are read only for the exit reason that selects them.
+        // `run` points at our mapping of the kernel's `kvm_run`, checked large enough in
+        // `new`, and the vCPU is not running, so the kernel does not change it now.
+        // SAFETY: see above; each union field is read only for the exit that selects it.
         unsafe {
             match (*run).exit_reason {
                 KVM_EXIT_HLT => VcpuExit::Hlt,
