@@ -495,3 +495,42 @@ fn a_triple_fault_is_a_shutdown_exit() {
     assert_eq!(run(&mut vcpu), VcpuExit::Shutdown);
     assert_eq!(vcpu.id(), 0);
 }
+
+#[test]
+fn a_vcpu_keeps_slot_memory_mapped_after_its_vm_is_dropped() {
+    let Some(kvm) = kvm_or_skip("vcpu_outlives_vm") else {
+        return;
+    };
+    const DYN: u32 = 0x20_0000;
+    let code = Asm::default().load_eax(DYN).report_eax().hlt();
+    let (vm, mut vcpu) = vm_with_program(&kvm, 16 * P, &code.0);
+    let mem = MemoryMappingBuilder::new(P as usize).build().unwrap();
+    mem.write_obj(0x7777_7777u32, 0).unwrap();
+    let host = mem.as_ptr() as usize;
+    vm.add_memory_region(
+        GuestAddress(DYN as u64),
+        Box::new(mem),
+        false,
+        false,
+        MemCacheType::CacheCoherent,
+    )
+    .unwrap();
+    // The kernel keeps the VM alive through the vCPU; so must we keep its memory.
+    drop(vm);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mapped = maps.lines().any(|l| {
+        let (range, _) = l.split_once(' ').unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            usize::from_str_radix(a, 16).unwrap(),
+            usize::from_str_radix(b, 16).unwrap(),
+        );
+        a <= host && host < b
+    });
+    assert!(
+        mapped,
+        "the slot's memory was unmapped while a vCPU could still reach it"
+    );
+    assert_eq!(run_to_report(&mut vcpu), 0x7777_7777);
+    assert_eq!(run(&mut vcpu), VcpuExit::Hlt);
+}

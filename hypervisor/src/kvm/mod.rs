@@ -117,7 +117,9 @@ impl AsFd for Kvm {
 pub struct KvmVm {
     vm: File,
     guest_mem: GuestMemory,
-    slots: Mutex<SlotTable>,
+    /// Shared with every vCPU: the kernel keeps the VM alive while a vCPU descriptor is open,
+    /// so the memory its slots name must stay mapped for as long, even past this value.
+    slots: Arc<Mutex<SlotTable>>,
     read_only_supported: bool,
     max_slots: u32,
     vcpu_mmap_size: usize,
@@ -157,7 +159,7 @@ impl KvmVm {
         let vm = KvmVm {
             vm,
             guest_mem,
-            slots: Mutex::new(SlotTable::new(max_slots)),
+            slots: Arc::new(Mutex::new(SlotTable::new(max_slots))),
             read_only_supported,
             max_slots,
             vcpu_mmap_size: kvm.vcpu_mmap_size,
@@ -205,7 +207,7 @@ impl KvmVm {
             .from_file(&file)
             .build()
             .map_err(|source| Error::VcpuRunMapping { id, source })?;
-        KvmVcpu::new(id, file, run)
+        KvmVcpu::new(id, file, run, (self.guest_mem.clone(), self.slots.clone()))
     }
 
     fn table(&self) -> MutexGuard<'_, SlotTable> {

@@ -40,6 +40,15 @@ pub(crate) struct SlotTable {
     limit: u32,
 }
 
+impl std::fmt::Debug for SlotTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotTable")
+            .field("live", &self.slots.len())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
 impl SlotTable {
     /// An empty table for a kernel that allows `limit` slots.
     pub fn new(limit: u32) -> SlotTable {

@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::mem::size_of;
 use std::ptr::{addr_of, addr_of_mut};
+use std::sync::{Arc, Mutex};
 
 use base::MemoryMapping;
 #[cfg(target_arch = "x86_64")]
@@ -36,10 +37,21 @@ pub struct KvmVcpu {
     /// The kernel's `struct kvm_run` for this vCPU, plus the pages after it (port I/O data).
     run: MemoryMapping,
     pending: Option<PendingRead>,
+    /// The VM's boot RAM and slot table, kept alive (and mapped) while this vCPU can run,
+    /// even if the `KvmVm` is dropped first.
+    _memory: VmMemory,
 }
 
+/// What a vCPU keeps of its VM so that guest memory outlives it.
+pub(super) type VmMemory = (vm_memory::GuestMemory, Arc<Mutex<super::slots::SlotTable>>);
+
 impl KvmVcpu {
-    pub(super) fn new(id: usize, fd: File, run: MemoryMapping) -> Result<KvmVcpu> {
+    pub(super) fn new(
+        id: usize,
+        fd: File,
+        run: MemoryMapping,
+        memory: VmMemory,
+    ) -> Result<KvmVcpu> {
         if run.size() < size_of::<kvm_run>() {
             return Err(Error::VcpuRunMapping {
                 id,
@@ -56,6 +68,7 @@ impl KvmVcpu {
             fd,
             run,
             pending: None,
+            _memory: memory,
         })
     }
 
