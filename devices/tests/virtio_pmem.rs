@@ -322,7 +322,7 @@ fn pmem_set_up_refusals() {
     let vm = Arc::new(KvmVm::new(&kvm, mem).unwrap());
     let mut server = VmMemoryServer::new(vm);
     let mut clients = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         let (client, server_end) = Tube::pair().unwrap();
         server.add_client(server_end);
         clients.push(VmMemoryClient::new(client));
@@ -342,6 +342,17 @@ fn pmem_set_up_refusals() {
     // Over boot RAM: the VM refuses the window.
     let err = Pmem::new(clients.pop().unwrap(), &file, 0).err().unwrap();
     assert!(matches!(err, PmemError::Register { .. }), "{err}");
+    // A file the VM cannot map writable: the window was registered first, and the failed
+    // set-up must unregister it, so the same address is free for the next device.
+    let temp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+    temp.as_file().set_len(4096).unwrap();
+    let read_only = std::fs::File::open(temp.as_path()).unwrap();
+    let err = Pmem::new(clients.pop().unwrap(), &read_only, PMEM_GPA)
+        .err()
+        .unwrap();
+    assert!(matches!(err, PmemError::MapFile { len: 4096, .. }), "{err}");
+    let pmem = Pmem::new(clients.pop().unwrap(), &file, PMEM_GPA).unwrap();
+    assert_eq!((pmem.guest_addr(), pmem.size()), (PMEM_GPA, 2 << 20));
     exit.write(1).unwrap();
     thread.join().unwrap();
 }

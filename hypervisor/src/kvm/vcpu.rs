@@ -208,13 +208,13 @@ impl KvmVcpu {
                     let size = io.size as usize;
                     let offset = io.data_offset as usize;
                     let len = size.saturating_mul(io.count as usize);
-                    // The kernel places the data inside the vCPU mapping; refuse to trust an
-                    // offset that says otherwise.
+                    // The kernel places the data inside the vCPU mapping, with elements of 1, 2
+                    // or 4 bytes; an exit that says otherwise is not one we can decode.
                     let inside = offset
                         .checked_add(len)
                         .is_some_and(|end| end <= self.run.size());
                     if !inside || size > 4 {
-                        return VcpuExit::InternalError { suberror: u32::MAX };
+                        return VcpuExit::Unknown(KVM_EXIT_IO);
                     }
                     let data = if io.direction == KVM_EXIT_IO_OUT as u8 {
                         let mut first = [0u8; 4];
