@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use remain::sorted;
 use thiserror::Error;
 
-/// Line size used when the kernel does not report one.
+/// Line size used when the CPU does not report one.
 pub const FALLBACK_CACHE_LINE_SIZE: usize = 64;
 
 /// Errors of the cache module.
@@ -53,21 +53,19 @@ pub enum FlushInstruction {
     DcCvac,
 }
 
-/// The data cache line size, from `sysconf(_SC_LEVEL1_DCACHE_LINESIZE)`, or
-/// [`FALLBACK_CACHE_LINE_SIZE`] (logged) when the kernel reports no usable power of two.
+/// The granularity of [`flush_range`]: the size of the line one flush instruction writes
+/// back, as the CPU itself reports it (CPUID leaf 1's CLFLUSH line size on x86_64,
+/// `CTR_EL0.DminLine` on aarch64; the L1 data line size that sysconf reports can differ from
+/// it). [`FALLBACK_CACHE_LINE_SIZE`], logged, when the CPU reports no usable power of two.
 pub fn cache_line_size() -> usize {
     static LINE: OnceLock<usize> = OnceLock::new();
-    *LINE.get_or_init(|| {
-        // SAFETY: sysconf reads a system setting and touches no memory of ours.
-        let reported = unsafe { libc::sysconf(libc::_SC_LEVEL1_DCACHE_LINESIZE) };
-        match usize::try_from(reported) {
-            Ok(line) if line.is_power_of_two() => line,
-            _ => {
-                log::warn!(
-                    "sysconf reports cache line size {reported}; using {FALLBACK_CACHE_LINE_SIZE}"
-                );
-                FALLBACK_CACHE_LINE_SIZE
-            }
+    *LINE.get_or_init(|| match flush_line_size() {
+        Some(line) if line.is_power_of_two() => line,
+        reported => {
+            log::warn!(
+                "the CPU reports flush line size {reported:?}; using {FALLBACK_CACHE_LINE_SIZE}"
+            );
+            FALLBACK_CACHE_LINE_SIZE
         }
     })
 }
@@ -119,6 +117,12 @@ pub fn flush_instruction() -> Result<FlushInstruction> {
 
 cfg_if::cfg_if! {
     if #[cfg(target_arch = "x86_64")] {
+        /// CPUID leaf 1, EBX bits 15:8: the CLFLUSH line size in 8-byte units.
+        fn flush_line_size() -> Option<usize> {
+            let ebx = std::arch::x86_64::__cpuid(1).ebx;
+            Some(((ebx >> 8) & 0xff) as usize * 8).filter(|&line| line > 0)
+        }
+
         fn detect_flush_instruction() -> Result<FlushInstruction> {
             use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
             const CPUID_7_EBX_CLFLUSHOPT: u32 = 1 << 23;
@@ -166,6 +170,15 @@ cfg_if::cfg_if! {
             Ok(())
         }
     } else if #[cfg(target_arch = "aarch64")] {
+        /// `CTR_EL0.DminLine` (bits 19:16): log2 of the smallest data cache line in 4-byte
+        /// words, the granularity of `dc cvac`. Linux lets EL0 read CTR_EL0 (or emulates it).
+        fn flush_line_size() -> Option<usize> {
+            let ctr: u64;
+            // SAFETY: reading CTR_EL0 has no side effects and touches no memory.
+            unsafe { std::arch::asm!("mrs {0}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+            Some(4usize << ((ctr >> 16) & 0xf))
+        }
+
         fn detect_flush_instruction() -> Result<FlushInstruction> {
             Ok(FlushInstruction::DcCvac)
         }
@@ -188,6 +201,11 @@ cfg_if::cfg_if! {
             Ok(())
         }
     } else {
+        /// No flush here, so no line size of one.
+        fn flush_line_size() -> Option<usize> {
+            None
+        }
+
         fn detect_flush_instruction() -> Result<FlushInstruction> {
             Err(Error::NotImplemented { arch: std::env::consts::ARCH })
         }
@@ -275,8 +293,25 @@ mod tests {
     }
 
     #[test]
-    fn line_size_is_a_power_of_two() {
+    fn line_size_is_the_cpus_flush_granularity() {
         assert!(cache_line_size().is_power_of_two());
+        // The kernel reads the same CPUID field for /proc/cpuinfo's "clflush size": an
+        // independent witness of the value we use.
+        #[cfg(target_arch = "x86_64")]
+        {
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+            let reported: usize = cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("clflush size"))
+                .and_then(|rest| {
+                    rest.trim_start_matches([' ', '\t', ':'])
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .expect("/proc/cpuinfo names the clflush size");
+            assert_eq!(cache_line_size(), reported);
+        }
     }
 
     #[test]

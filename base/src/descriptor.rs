@@ -88,18 +88,15 @@ impl SafeDescriptor {
             })
     }
 
-    /// Duplicates a descriptor this process does not own (for example one lent through
-    /// [`AsRawDescriptor`]), checking first that it is open.
-    pub fn try_clone_raw(descriptor: RawDescriptor) -> Result<SafeDescriptor> {
-        check_open(descriptor)?;
-        // SAFETY: `check_open` proved the descriptor is open, and the borrow lasts only for the
-        // duplication below. A concurrent close by its owner at worst makes the dup fail.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(descriptor) };
-        borrowed
+    /// Duplicates a descriptor that someone else owns and lends out (for example through
+    /// std's [`AsFd`]). The borrow proves the descriptor is open and stays so during the
+    /// call; a bare number could not (once closed, it may be reused by an unrelated file).
+    pub fn try_clone_borrowed(descriptor: BorrowedFd<'_>) -> Result<SafeDescriptor> {
+        descriptor
             .try_clone_to_owned()
             .map(SafeDescriptor)
             .map_err(|source| Error::Duplicate {
-                fd: descriptor,
+                fd: descriptor.as_raw_fd(),
                 source,
             })
     }
@@ -212,16 +209,24 @@ mod tests {
     }
 
     #[test]
-    fn clone_raw_refuses_closed_and_hostile_numbers() {
-        for fd in [-1, i32::MIN, i32::MAX] {
-            let err = SafeDescriptor::try_clone_raw(fd).unwrap_err();
-            assert!(err.to_string().contains(&fd.to_string()), "{err}");
-        }
+    fn clone_borrowed_duplicates_the_lent_descriptor() {
         let file = File::open("/proc/self/status").unwrap();
-        let clone = File::from(SafeDescriptor::try_clone_raw(file.as_raw_descriptor()).unwrap());
+        let clone = File::from(SafeDescriptor::try_clone_borrowed(file.as_fd()).unwrap());
         assert_ne!(clone.as_raw_descriptor(), file.as_raw_descriptor());
         let (a, b) = (file.metadata().unwrap(), clone.metadata().unwrap());
         use std::os::unix::fs::MetadataExt;
         assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    }
+
+    #[test]
+    fn check_open_refuses_closed_and_hostile_numbers() {
+        for fd in [-1, i32::MIN, i32::MAX] {
+            let err = check_open(fd).unwrap_err();
+            assert!(
+                matches!(err, Error::NotOpen { fd: f, .. } if f == fd),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&fd.to_string()), "{err}");
+        }
     }
 }

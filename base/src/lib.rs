@@ -14,6 +14,8 @@
 //!   [`ExternalMapping`];
 //! - [`VolatileSlice`] and [`VolatileMemory`] for memory a guest may change at any time;
 //! - [`cache`] flush for memory read behind the CPU's caches;
+//! - [`page_cache::cachestat`], which counts a file's dirty pages: the proof that an msync
+//!   reached the file;
 //! - [`Tube`], a message channel with descriptors attached, between threads or processes.
 //!
 //! Every module has its own error enum whose messages name the offending values. Nothing
@@ -22,6 +24,7 @@
 pub mod cache;
 pub mod descriptor;
 pub mod mmap;
+pub mod page_cache;
 pub mod shm;
 pub mod tube;
 pub mod volatile;

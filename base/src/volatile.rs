@@ -4,9 +4,12 @@
 //! Access to memory that someone else (a guest, another process, a device) may change at any
 //! time, so the compiler must not assume it knows what it holds.
 //!
-//! Accesses of 1, 2, 4 or 8 bytes at a naturally aligned address are single loads or stores, so
-//! a concurrent writer never sees them torn. Larger copies go through `memcpy`, the fastest way
-//! to move bytes, and are not atomic.
+//! Objects (`read_obj`, `write_obj` and their `_volatile` forms) are copied one naturally
+//! aligned piece at a time: each 8-, 4- or 2-byte piece that is aligned to its size is a
+//! single load or store, so a concurrent writer never tears it, whatever the object's size or
+//! alignment. An aligned `u64` is one access. Bulk copies of more than 8 bytes (`copy_to`,
+//! `copy_from`) go through `memcpy`, the fastest way to move bytes, and promise nothing about
+//! tearing; copies of up to 8 bytes are made of untorn pieces like objects.
 
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
@@ -89,7 +92,11 @@ pub trait VolatileMemory {
 }
 
 /// A range of memory that may change under us, borrowed for `'a`.
+///
+/// The layout is that of `struct iovec` (a pointer, then a length), so a slice of
+/// `VolatileSlice`s can be handed to `readv`/`writev` as it is ([`VolatileSlice::as_iobufs`]).
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub struct VolatileSlice<'a> {
     addr: *mut u8,
     size: usize,
@@ -104,8 +111,15 @@ unsafe impl Send for VolatileSlice<'_> {}
 unsafe impl Sync for VolatileSlice<'_> {}
 
 impl<'a> VolatileSlice<'a> {
-    /// A slice over a buffer we own.
-    pub fn new(buf: &'a mut [u8]) -> VolatileSlice<'a> {
+    /// A slice over a plain Rust buffer.
+    ///
+    /// # Safety
+    ///
+    /// A `VolatileSlice` is `Copy`, `Send` and `Sync`, and plain Rust memory, unlike a mapping
+    /// shared with a guest, is memory the compiler reasons about: two threads must never use
+    /// the returned slice (or its copies) on the same bytes at the same time when one of them
+    /// writes, since that is a data race on Rust memory.
+    pub unsafe fn new(buf: &'a mut [u8]) -> VolatileSlice<'a> {
         VolatileSlice {
             addr: buf.as_mut_ptr(),
             size: buf.len(),
@@ -124,6 +138,36 @@ impl<'a> VolatileSlice<'a> {
             size,
             phantom: PhantomData,
         }
+    }
+
+    /// The slice as an `iovec` for `readv`, `writev` and the like.
+    pub fn as_iobuf(&self) -> &libc::iovec {
+        // SAFETY: `VolatileSlice` is `repr(C)` with a pointer and a `usize` length followed by
+        // a zero-sized marker, which is exactly the layout of `iovec`.
+        unsafe { &*(self as *const VolatileSlice as *const libc::iovec) }
+    }
+
+    /// Slices as `iovec`s, for `readv`, `writev`, `preadv` and `pwritev` (crosvm's
+    /// `as_iobufs`). Each names memory that is readable and writable for `'a`.
+    ///
+    /// ```
+    /// use base::{MemoryMappingBuilder, VolatileMemory, VolatileSlice};
+    /// use std::os::fd::AsRawFd;
+    /// let mem = MemoryMappingBuilder::new(4096).build().unwrap();
+    /// let parts = [mem.get_slice(0, 3).unwrap(), mem.get_slice(100, 2).unwrap()];
+    /// let (r, w) = std::io::pipe().unwrap();
+    /// std::io::Write::write_all(&mut &w, b"hello").unwrap();
+    /// let iov = VolatileSlice::as_iobufs(&parts);
+    /// // SAFETY: each iovec names live, writable bytes of `mem`.
+    /// let n = unsafe { libc::readv(r.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+    /// assert_eq!(n, 5);
+    /// assert_eq!(mem.read_obj::<[u8; 3]>(0).unwrap(), *b"hel");
+    /// assert_eq!(mem.read_obj::<[u8; 2]>(100).unwrap(), *b"lo");
+    /// ```
+    pub fn as_iobufs<'s>(slices: &'s [VolatileSlice<'a>]) -> &'s [libc::iovec] {
+        // SAFETY: each element has the layout of an `iovec` (see `as_iobuf`), so the array of
+        // them has the layout of an array of `iovec`s of the same length, borrowed as long.
+        unsafe { std::slice::from_raw_parts(slices.as_ptr() as *const libc::iovec, slices.len()) }
     }
 
     /// The first byte's address.
@@ -156,7 +200,8 @@ impl<'a> VolatileSlice<'a> {
         unsafe { ptr::write_bytes(self.addr, value, self.size) }
     }
 
-    /// Copies as many bytes as fit from this slice into `buf` and returns how many.
+    /// Copies as many bytes as fit from this slice into `buf` and returns how many. Copies of
+    /// up to 8 bytes are made of untorn aligned pieces; longer ones are a `memcpy`.
     pub fn copy_to<T: IntoBytes + FromBytes>(&self, buf: &mut [T]) -> usize {
         let dst = buf.as_mut_bytes();
         let len = dst.len().min(self.size);
@@ -167,12 +212,33 @@ impl<'a> VolatileSlice<'a> {
         len
     }
 
-    /// Copies as many bytes as fit from `buf` into this slice and returns how many.
+    /// Copies as many bytes as fit from `buf` into this slice and returns how many. Copies of
+    /// up to 8 bytes are made of untorn aligned pieces; longer ones are a `memcpy`.
     pub fn copy_from<T: IntoBytes + Immutable>(&self, buf: &[T]) -> usize {
         let src = buf.as_bytes();
         let len = src.len().min(self.size);
         // SAFETY: as in `copy_to`, with the roles swapped.
         unsafe { copy_to_volatile(self.addr, src.as_ptr(), len) };
+        len
+    }
+
+    /// Like [`copy_to`](Self::copy_to), but at any length every naturally aligned 8-, 4- or
+    /// 2-byte piece of the slice is read with one load, as objects are. For the parts of an
+    /// object that spans memory in several slices (guest memory across a region boundary).
+    pub fn copy_to_untorn(&self, buf: &mut [u8]) -> usize {
+        let len = buf.len().min(self.size);
+        // SAFETY: both are valid for `len <= size` bytes, and `buf` is the caller's own plain
+        // memory, which a slice cannot alias (see `copy_to`).
+        unsafe { copy_pieces_from_volatile(buf.as_mut_ptr(), self.addr, len) };
+        len
+    }
+
+    /// Like [`copy_from`](Self::copy_from), but at any length every naturally aligned 8-, 4- or
+    /// 2-byte piece of the slice is written with one store, as objects are.
+    pub fn copy_from_untorn(&self, buf: &[u8]) -> usize {
+        let len = buf.len().min(self.size);
+        // SAFETY: as in `copy_to_untorn`, with the roles swapped.
+        unsafe { copy_pieces_to_volatile(self.addr, buf.as_ptr(), len) };
         len
     }
 
@@ -203,8 +269,9 @@ impl<'a> VolatileSlice<'a> {
             && (head + words * WORD..self.size).all(byte_is_zero)
     }
 
-    /// Reads a `T` at `offset`, which may be unaligned. When it happens to be aligned and `T`
-    /// is 1, 2, 4 or 8 bytes, the read is a single untorn load.
+    /// Reads a `T` at `offset`, which may be unaligned. Every naturally aligned 8-, 4- or
+    /// 2-byte piece of it is one untorn load; an aligned `T` of 1, 2, 4 or 8 bytes is a single
+    /// load.
     #[inline]
     pub fn read_obj<T: FromBytes>(&self, offset: usize) -> VolatileMemoryResult<T> {
         compute_end(offset, size_of::<T>(), self.size)?;
@@ -213,8 +280,9 @@ impl<'a> VolatileSlice<'a> {
         Ok(unsafe { read_volatile_obj(self.addr.add(offset) as *const T) })
     }
 
-    /// Writes `val` at `offset`, which may be unaligned. When it happens to be aligned and `T`
-    /// is 1, 2, 4 or 8 bytes, the write is a single untorn store.
+    /// Writes `val` at `offset`, which may be unaligned. Every naturally aligned 8-, 4- or
+    /// 2-byte piece of it is one untorn store; an aligned `T` of 1, 2, 4 or 8 bytes is a single
+    /// store.
     #[inline]
     pub fn write_obj<T: IntoBytes + Immutable>(
         &self,
@@ -227,9 +295,9 @@ impl<'a> VolatileSlice<'a> {
         Ok(())
     }
 
-    /// Reads a `T` at `offset`, which must be aligned for `T`. Types of 1, 2, 4 and 8 bytes are
-    /// read in one load that a concurrent writer cannot tear; larger ones are copied with `memcpy`
-    /// and may be torn.
+    /// Reads a `T` at `offset`, which must be aligned for `T` (and, up to 8 bytes, to its size,
+    /// which must be 1, 2, 4 or 8). Types of up to 8 bytes are read in one load that a
+    /// concurrent writer cannot tear; larger ones one aligned piece at a time.
     #[inline]
     pub fn read_obj_volatile<T: FromBytes>(&self, offset: usize) -> VolatileMemoryResult<T> {
         let ptr = self.checked_obj_ptr::<T>(offset)?;
@@ -238,8 +306,9 @@ impl<'a> VolatileSlice<'a> {
         Ok(unsafe { read_volatile_obj(ptr) })
     }
 
-    /// Writes `val` at `offset`, which must be aligned for `T`. Types of 1, 2, 4 and 8 bytes
-    /// are written in one store that a concurrent reader cannot see torn.
+    /// Writes `val` at `offset`, with the alignment rules of
+    /// [`read_obj_volatile`](Self::read_obj_volatile). Types of up to 8 bytes are written in one
+    /// store that a concurrent reader cannot see torn; larger ones one aligned piece at a time.
     #[inline]
     pub fn write_obj_volatile<T: IntoBytes + Immutable>(
         &self,
@@ -284,7 +353,7 @@ impl VolatileMemory for VolatileSlice<'_> {
 }
 
 /// Reads a `T` from `src`: in one load when it is 1, 2, 4 or 8 bytes and `src` is aligned to
-/// that size, by `memcpy` otherwise.
+/// that size, else one naturally aligned piece at a time.
 ///
 /// # Safety
 ///
@@ -294,13 +363,13 @@ unsafe fn read_volatile_obj<T: FromBytes>(src: *const T) -> T {
     let mut val = std::mem::MaybeUninit::<T>::uninit();
     let dst = val.as_mut_ptr() as *mut u8;
     // SAFETY: forwarded from the caller; `dst` is our own `size_of::<T>()` bytes.
-    unsafe { copy_from_volatile(dst, src as *const u8, size_of::<T>()) };
+    unsafe { copy_pieces_from_volatile(dst, src as *const u8, size_of::<T>()) };
     // SAFETY: every byte of `val` was written above, and any bytes make a valid `T`.
     unsafe { val.assume_init() }
 }
 
 /// Writes `val` to `dst`: in one store when it is 1, 2, 4 or 8 bytes and `dst` is aligned to
-/// that size, by `memcpy` otherwise.
+/// that size, else one naturally aligned piece at a time.
 ///
 /// # Safety
 ///
@@ -308,80 +377,153 @@ unsafe fn read_volatile_obj<T: FromBytes>(src: *const T) -> T {
 #[inline(always)]
 unsafe fn write_volatile_obj<T: IntoBytes + Immutable>(dst: *mut T, val: T) {
     // SAFETY: forwarded from the caller; the source is `val`'s own bytes.
-    unsafe { copy_to_volatile(dst as *mut u8, val.as_bytes().as_ptr(), size_of::<T>()) }
+    unsafe { copy_pieces_to_volatile(dst as *mut u8, val.as_bytes().as_ptr(), size_of::<T>()) }
 }
 
-/// Copies `len` bytes from volatile memory at `src` into the plain buffer at `dst`. When `len`
-/// is 1, 2, 4 or 8 and `src` is aligned to it, the read is a single load.
+/// The size of the next piece of a copy at `addr` with `left` bytes to go: the largest of 8,
+/// 4, 2 and 1 that `addr` is aligned to and that fits.
+#[inline(always)]
+fn piece_size(addr: usize, left: usize) -> usize {
+    let aligned = 1usize << addr.trailing_zeros().min(3);
+    let fits = if left >= 8 {
+        8
+    } else if left >= 4 {
+        4
+    } else if left >= 2 {
+        2
+    } else {
+        1
+    };
+    aligned.min(fits)
+}
+
+/// Whether a copy of `len` bytes at `addr` is one aligned access of 1, 2, 4 or 8 bytes.
+#[inline(always)]
+fn single_access(addr: usize, len: usize) -> bool {
+    len.is_power_of_two() && len <= 8 && addr & (len - 1) == 0
+}
+
+/// Copies one piece of `n` bytes (1, 2, 4 or 8) from `src` to `dst` with one `$load` and one
+/// `$store` of that width.
+macro_rules! copy_piece {
+    ($n:expr, $load:path, $store:path, $dst:expr, $src:expr) => {
+        match $n {
+            8 => $store($dst as *mut u64, $load($src as *const u64)),
+            4 => $store($dst as *mut u32, $load($src as *const u32)),
+            2 => $store($dst as *mut u16, $load($src as *const u16)),
+            _ => $store($dst, $load($src)),
+        }
+    };
+}
+
+/// Copies `len` bytes from volatile memory at `src` into the plain buffer at `dst`, each
+/// naturally aligned 8-, 4- or 2-byte piece of `src` with one load.
+///
+/// # Safety
+///
+/// `src` must be valid for `len` bytes of reads and `dst` for `len` bytes of writes.
+#[inline(always)]
+pub(crate) unsafe fn copy_pieces_from_volatile(dst: *mut u8, src: *const u8, len: usize) {
+    // The common case, decided at compile time for a known `len` but for the alignment test.
+    if single_access(src as usize, len) {
+        // SAFETY: `src` is aligned to `len` and both buffers hold `len` bytes; `dst` is
+        // written unaligned.
+        unsafe { copy_piece!(len, ptr::read_volatile, ptr::write_unaligned, dst, src) };
+        return;
+    }
+    let mut done = 0;
+    while done < len {
+        // SAFETY: `done < len`, so both pointers stay inside their buffers.
+        let (from, to) = unsafe { (src.add(done), dst.add(done)) };
+        let n = piece_size(from as usize, len - done);
+        // SAFETY: `done + n <= len`, so the piece lies inside both buffers; `from` is aligned
+        // to `n` (`piece_size`), and `to` is written unaligned.
+        unsafe { copy_piece!(n, ptr::read_volatile, ptr::write_unaligned, to, from) };
+        done += n;
+    }
+}
+
+/// Copies `len` bytes from the plain buffer at `src` into volatile memory at `dst`, each
+/// naturally aligned 8-, 4- or 2-byte piece of `dst` with one store.
+///
+/// # Safety
+///
+/// `src` must be valid for `len` bytes of reads and `dst` for `len` bytes of writes.
+#[inline(always)]
+pub(crate) unsafe fn copy_pieces_to_volatile(dst: *mut u8, src: *const u8, len: usize) {
+    if single_access(dst as usize, len) {
+        // SAFETY: `dst` is aligned to `len` and both buffers hold `len` bytes; `src` is read
+        // unaligned.
+        unsafe { copy_piece!(len, ptr::read_unaligned, ptr::write_volatile, dst, src) };
+        return;
+    }
+    let mut done = 0;
+    while done < len {
+        // SAFETY: `done < len`, so both pointers stay inside their buffers.
+        let (from, to) = unsafe { (src.add(done), dst.add(done)) };
+        let n = piece_size(to as usize, len - done);
+        // SAFETY: `done + n <= len`, so the piece lies inside both buffers; `to` is aligned to
+        // `n` (`piece_size`), and `from` is read unaligned.
+        unsafe { copy_piece!(n, ptr::read_unaligned, ptr::write_volatile, to, from) };
+        done += n;
+    }
+}
+
+/// Copies `len` bytes from volatile memory at `src` into the plain buffer at `dst`: in untorn
+/// pieces up to 8 bytes, by `memcpy` beyond.
 ///
 /// # Safety
 ///
 /// `src` must be valid for `len` bytes of reads and `dst` for `len` bytes of writes.
 #[inline(always)]
 pub(crate) unsafe fn copy_from_volatile(dst: *mut u8, src: *const u8, len: usize) {
-    macro_rules! single_load {
-        ($t:ty) => {
-            if (src as usize) % size_of::<$t>() == 0 {
-                // SAFETY: `src` is aligned for and valid for a `$t`; `dst` is valid for as many
-                // bytes and written unaligned.
-                unsafe {
-                    ptr::write_unaligned(dst as *mut $t, ptr::read_volatile(src as *const $t))
-                };
-                return;
-            }
-        };
+    if len <= 8 {
+        // SAFETY: forwarded from the caller.
+        unsafe { copy_pieces_from_volatile(dst, src, len) }
+    } else {
+        // SAFETY: forwarded from the caller. The buffers cannot overlap because `dst` is the
+        // caller's own plain memory.
+        unsafe { ptr::copy_nonoverlapping(src, dst, len) }
     }
-    match len {
-        1 => single_load!(u8),
-        2 => single_load!(u16),
-        4 => single_load!(u32),
-        8 => single_load!(u64),
-        _ => {}
-    }
-    // SAFETY: forwarded from the caller. The buffers cannot overlap because `dst` is the
-    // caller's own plain memory.
-    unsafe { ptr::copy_nonoverlapping(src, dst, len) }
 }
 
-/// Copies `len` bytes from the plain buffer at `src` into volatile memory at `dst`. When `len`
-/// is 1, 2, 4 or 8 and `dst` is aligned to it, the write is a single store.
+/// Copies `len` bytes from the plain buffer at `src` into volatile memory at `dst`: in untorn
+/// pieces up to 8 bytes, by `memcpy` beyond.
 ///
 /// # Safety
 ///
 /// `src` must be valid for `len` bytes of reads and `dst` for `len` bytes of writes.
 #[inline(always)]
 pub(crate) unsafe fn copy_to_volatile(dst: *mut u8, src: *const u8, len: usize) {
-    macro_rules! single_store {
-        ($t:ty) => {
-            if (dst as usize) % size_of::<$t>() == 0 {
-                // SAFETY: `dst` is aligned for and valid for a `$t`; `src` is valid for as many
-                // bytes and read unaligned.
-                unsafe {
-                    ptr::write_volatile(dst as *mut $t, ptr::read_unaligned(src as *const $t))
-                };
-                return;
-            }
-        };
+    if len <= 8 {
+        // SAFETY: forwarded from the caller.
+        unsafe { copy_pieces_to_volatile(dst, src, len) }
+    } else {
+        // SAFETY: forwarded from the caller; the source is the caller's own plain memory.
+        unsafe { ptr::copy_nonoverlapping(src, dst, len) }
     }
-    match len {
-        1 => single_store!(u8),
-        2 => single_store!(u16),
-        4 => single_store!(u32),
-        8 => single_store!(u64),
-        _ => {}
-    }
-    // SAFETY: forwarded from the caller; the source is the caller's own plain memory.
-    unsafe { ptr::copy_nonoverlapping(src, dst, len) }
 }
+
+// `as_iobuf` relies on the slice having the layout of an iovec.
+const _: () = assert!(
+    size_of::<VolatileSlice>() == size_of::<libc::iovec>()
+        && align_of::<VolatileSlice>() == align_of::<libc::iovec>()
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A slice over a test's own buffer.
+    fn over(buf: &mut [u8]) -> VolatileSlice<'_> {
+        // SAFETY: these tests use each slice from one thread only.
+        unsafe { VolatileSlice::new(buf) }
+    }
+
     #[test]
     fn bounds_overflow_and_zero_lengths() {
         let mut buf = [0u8; 16];
-        let s = VolatileSlice::new(&mut buf);
+        let s = over(&mut buf);
         assert_eq!(s.sub_slice(16, 0).unwrap().size(), 0);
         assert_eq!(s.sub_slice(0, 16).unwrap().size(), 16);
         assert_eq!(
@@ -415,7 +557,7 @@ mod tests {
     #[test]
     fn copies_clip_to_the_shorter_side() {
         let mut buf = [0u8; 8];
-        let s = VolatileSlice::new(&mut buf);
+        let s = over(&mut buf);
         assert_eq!(s.copy_from(&[1u8, 2, 3]), 3);
         assert_eq!(s.copy_from(&[9u8; 20]), 8);
         let mut out = [0u8; 4];
@@ -430,7 +572,7 @@ mod tests {
     #[test]
     fn copy_to_volatile_slice_handles_overlap() {
         let mut buf: Vec<u8> = (0..16).collect();
-        let s = VolatileSlice::new(&mut buf);
+        let s = over(&mut buf);
         let copied = s
             .sub_slice(0, 8)
             .unwrap()
@@ -448,11 +590,11 @@ mod tests {
             for len in 0..(64 - start) {
                 for poke in start..start + len {
                     buf[poke] = 1;
-                    let s = VolatileSlice::new(&mut buf[start..start + len]);
+                    let s = over(&mut buf[start..start + len]);
                     assert!(!s.is_all_zero(), "start {start} len {len} poke {poke}");
                     buf[poke] = 0;
                 }
-                assert!(VolatileSlice::new(&mut buf[start..start + len]).is_all_zero());
+                assert!(over(&mut buf[start..start + len]).is_all_zero());
             }
         }
     }
@@ -460,14 +602,14 @@ mod tests {
     #[test]
     fn write_bytes_fills() {
         let mut buf = [0u8; 5];
-        VolatileSlice::new(&mut buf).write_bytes(0xab);
+        over(&mut buf).write_bytes(0xab);
         assert_eq!(buf, [0xab; 5]);
     }
 
     #[test]
     fn objects_plain_and_volatile() {
         let mut buf = [0u64; 4];
-        let s = VolatileSlice::new(buf.as_mut_bytes());
+        let s = over(buf.as_mut_bytes());
         s.write_obj(0x1122_3344_5566_7788u64, 3).unwrap();
         assert_eq!(s.read_obj::<u64>(3).unwrap(), 0x1122_3344_5566_7788);
         s.write_obj_volatile(0xdead_beefu32, 8).unwrap();
@@ -492,22 +634,51 @@ mod tests {
         assert!(s.write_obj_volatile(0u64, usize::MAX - 3).is_err());
     }
 
-    #[test]
-    fn small_aligned_volatile_accesses_are_never_torn() {
+    /// Races a writer that flips `T`-sized values at `offset` between all zeros and all ones
+    /// against a reader that runs `check` 300,000 times, over a shared mapping (the memory a
+    /// guest would write).
+    fn race(
+        offset: usize,
+        len: usize,
+        write: impl Fn(&VolatileSlice, bool) + Sync,
+        check: impl Fn(&VolatileSlice),
+    ) {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let mut word = [0u64; 1];
-        let s = VolatileSlice::new(word.as_mut_bytes());
+        let mem = crate::MemoryMappingBuilder::new(8192).build().unwrap();
+        let s = crate::VolatileMemory::get_slice(&mem, offset, len).unwrap();
+        /// Stops the writer however the reader ends, a failed check included.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                let mut i = 0u64;
+                let mut ones = false;
                 while !stop.load(Ordering::Relaxed) {
-                    let v = if i.is_multiple_of(2) { 0 } else { u64::MAX };
-                    s.write_obj_volatile(v, 0).unwrap();
-                    i += 1;
+                    write(&s, ones);
+                    ones = !ones;
                 }
             });
-            for _ in 0..1_000_000 {
+            let _stop = Stop(&stop);
+            for _ in 0..300_000 {
+                check(&s);
+            }
+        });
+    }
+
+    #[test]
+    fn small_aligned_accesses_of_a_mapping_are_never_torn() {
+        race(
+            0,
+            8,
+            |s, ones| {
+                s.write_obj_volatile(if ones { u64::MAX } else { 0 }, 0)
+                    .unwrap()
+            },
+            |s| {
                 let v: u64 = s.read_obj_volatile(0).unwrap();
                 assert!(v == 0 || v == u64::MAX, "torn read {v:#x}");
                 let v: u64 = s.read_obj(0).unwrap();
@@ -516,8 +687,82 @@ mod tests {
                 s.copy_to(&mut out);
                 let v = u64::from_ne_bytes(out);
                 assert!(v == 0 || v == u64::MAX, "torn copy {v:#x}");
+            },
+        );
+    }
+
+    #[test]
+    fn aligned_pieces_of_unaligned_objects_are_never_torn() {
+        // A 15-byte object at offset 1: pieces u8 @1, u16 @2, u32 @4, u64 @8.
+        race(
+            0,
+            16,
+            |s, ones| s.write_obj([if ones { 0xffu8 } else { 0 }; 15], 1).unwrap(),
+            |s| {
+                let obj: [u8; 15] = s.read_obj(1).unwrap();
+                for (range, what) in [(1..3, "u16"), (3..7, "u32"), (7..15, "u64")] {
+                    let piece = &obj[range];
+                    assert!(
+                        piece.iter().all(|&b| b == piece[0]),
+                        "torn {what} piece {piece:x?} of {obj:x?}"
+                    );
+                }
+                // And the writer's aligned pieces, seen by single loads.
+                let w: u64 = s.read_obj_volatile(8).unwrap();
+                assert!(w == 0 || w == u64::MAX, "torn u64 {w:#x}");
+                let h: u16 = s.read_obj_volatile(2).unwrap();
+                assert!(h == 0 || h == u16::MAX, "torn u16 {h:#x}");
+            },
+        );
+    }
+
+    #[test]
+    fn pieces_follow_the_alignment_of_the_volatile_side() {
+        let at = |addr, left| piece_size(addr, left);
+        assert_eq!([at(0, 8), at(0, 7), at(0, 3), at(0, 1)], [8, 4, 2, 1]);
+        assert_eq!(
+            [at(1, 8), at(2, 8), at(4, 8), at(12, 8), at(16, 16)],
+            [1, 2, 4, 4, 8]
+        );
+        assert!(single_access(8, 8) && single_access(3, 1) && !single_access(4, 8));
+        assert!(!single_access(0, 3) && !single_access(0, 16) && !single_access(0, 0));
+    }
+
+    #[test]
+    fn untorn_copies_match_plain_copies() {
+        let mut src: Vec<u8> = (0..64).collect();
+        let s = over(&mut src);
+        for start in 0..9 {
+            for len in 0..40 {
+                let part = s.sub_slice(start, len).unwrap();
+                let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+                assert_eq!(part.copy_to_untorn(&mut a), len);
+                part.copy_to(&mut b);
+                assert_eq!(a, b, "start {start} len {len}");
             }
-            stop.store(true, Ordering::Relaxed);
-        });
+        }
+        let mut dst = [0u8; 32];
+        let d = over(&mut dst);
+        assert_eq!(d.sub_slice(3, 20).unwrap().copy_from_untorn(&[7u8; 25]), 20);
+        let mut back = [0u8; 32];
+        d.copy_to(&mut back);
+        assert_eq!(&back[..3], &[0; 3]);
+        assert_eq!(&back[3..23], &[7; 20]);
+        assert_eq!(&back[23..], &[0; 9]);
+    }
+
+    #[test]
+    fn iobufs_have_the_slices_layout() {
+        let mut buf = [0u8; 32];
+        let s = over(&mut buf);
+        let parts = [s.sub_slice(0, 4).unwrap(), s.sub_slice(10, 22).unwrap()];
+        let iov = VolatileSlice::as_iobufs(&parts);
+        assert_eq!(iov.len(), 2);
+        assert_eq!(
+            (iov[1].iov_base as usize, iov[1].iov_len),
+            (s.as_ptr() as usize + 10, 22)
+        );
+        assert_eq!(parts[0].as_iobuf().iov_len, 4);
+        assert!(VolatileSlice::as_iobufs(&[]).is_empty());
     }
 }

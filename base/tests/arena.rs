@@ -63,7 +63,7 @@ fn new_reserves_without_access_and_refuses_bad_sizes() {
     assert!(matches!(err, Error::Overflow { .. }), "{err}");
     let err = MemoryMappingArena::new(1 << 62).unwrap_err();
     assert!(
-        matches!(err, Error::Mmap { size, .. } if size == 1 << 62),
+        matches!(err, Error::Reserve { what: "an arena", size, .. } if size == 1 << 62),
         "{err}"
     );
 }
@@ -361,12 +361,59 @@ fn answers_agree_with_linux_on_a_plain_mapping() {
 }
 
 #[test]
+fn range_plumbing_uses_checked_arithmetic() {
+    let mut arena = MemoryMappingArena::new(8 * P).unwrap();
+    arena.add_anon(0, P).unwrap();
+    let region: &dyn MappedRegion = &arena;
+    for (offset, len) in [(usize::MAX, 2), (usize::MAX - 0x10, 0x20), (P, usize::MAX)] {
+        let err = region
+            .for_each_mapped_range(offset, len, &mut |_, _| panic!("called"))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Overflow { .. }),
+            "{offset:#x}+{len:#x}: {err}"
+        );
+        let err = region.msync(offset & !(P - 1), len).unwrap_err();
+        assert!(
+            matches!(err, Error::Overflow { .. } | Error::InvalidAddress { .. }),
+            "{err}"
+        );
+    }
+    let err = region
+        .for_each_mapped_range(4 * P, 5 * P, &mut |_, _| panic!("called"))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidAddress { offset, size, .. } if offset == 4 * P && size == 5 * P),
+        "{err}"
+    );
+    let mut seen = Vec::new();
+    region
+        .for_each_mapped_range(0, 8 * P, &mut |o, l| {
+            seen.push((o, l));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen, [(0, P)]);
+}
+
+#[test]
 fn failed_adds_leave_books_and_reservation_intact() {
     let mut arena = MemoryMappingArena::new(8 * P).unwrap();
     arena.add_anon(0, P).unwrap();
     let short = common::temp_file(P as u64);
     let err = arena.add_fd(2 * P, 2 * P, &short).unwrap_err();
-    assert!(matches!(err, Error::FileTooShort { .. }), "{err}");
+    assert!(
+        matches!(err, Error::FileTooShort { file_size, end, .. } if file_size == P as u64 && end == 2 * P as u64),
+        "{err}"
+    );
+    // 16 KiB of a one-page memfd would SIGBUS on its second page: refused too, though the
+    // memfd could grow.
+    let shm = base::SharedMemory::new("one page", P as u64).unwrap();
+    let err = arena.add_fd(2 * P, 4 * P, &shm).unwrap_err();
+    assert!(
+        matches!(err, Error::FileTooShort { file_size, end, .. } if file_size == P as u64 && end == 4 * P as u64),
+        "{err}"
+    );
     let err = arena.add_fd_offset(2 * P, P, &short, 3).unwrap_err();
     assert!(
         matches!(err, Error::NotPageAligned { value: 3, .. }),

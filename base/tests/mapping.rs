@@ -129,11 +129,23 @@ fn refuses_bad_sizes_and_alignments() {
     let err = MemoryMappingBuilder::new(1 << 62).build().unwrap_err();
     assert!(matches!(err, Error::Mmap { .. }), "{err}");
     assert!(err.to_string().contains("0x4000000000000000"), "{err}");
+    // An aligned build whose reservation fails names the caller's request, not the internal
+    // PROT_NONE reservation of size + alignment.
     let err = MemoryMappingBuilder::new(PAGE)
         .align(1 << 62)
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Mmap { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Reserve { what: "an aligned mapping", size, align, .. }
+            if size == PAGE && align == 1 << 62),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("0x1000 bytes") && text.contains("0x4000000000000000"),
+        "{text}"
+    );
+    assert!(!text.contains("0x4000000000001000"), "{text}");
 }
 
 #[test]
@@ -197,10 +209,17 @@ fn refuses_short_regular_files_but_not_char_devices_or_growable_memfds() {
             .build()
             .unwrap_err();
         assert!(
-            matches!(err, Error::FileTooShort { fd: f, file_size, offset: o, size: s }
-                if f == fd && file_size == 2 * PAGE as u64 + 10 && o == offset && s == size),
+            matches!(err, Error::FileTooShort { fd: f, file_size, offset: o, size: s, end }
+                if f == fd && file_size == 2 * PAGE as u64 + 10 && o == offset && s == size
+                    && end == offset + size as u64),
             "{err}"
         );
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{:#x}", offset + size as u64)),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{:#x}", 2 * PAGE + 10)), "{text}");
     }
     // /dev/zero has no length to check.
     let zero = File::open("/dev/zero").unwrap();
@@ -210,20 +229,35 @@ fn refuses_short_regular_files_but_not_char_devices_or_growable_memfds() {
         .build()
         .unwrap();
     assert_eq!(m.read_obj::<u64>(0).unwrap(), 0);
-    // A memfd that may still grow is not held to its current size; a sealed one is.
-    let mut shm = SharedMemory::new("grow", PAGE as u64).unwrap();
-    MemoryMappingBuilder::new(4 * PAGE)
+}
+
+#[test]
+fn a_memfd_is_never_mapped_past_its_end() {
+    // 8 KiB over a 4 KiB memfd would SIGBUS on the second page, growable or not: whoever can
+    // grow it could as well leave it short.
+    let mut shm = SharedMemory::new("short", PAGE as u64).unwrap();
+    for sealed in [false, true] {
+        if sealed {
+            let mut seals = MemfdSeals::new();
+            seals.set_grow_seal();
+            shm.add_seals(seals).unwrap();
+        }
+        let err = MemoryMappingBuilder::new(2 * PAGE)
+            .from_shared_memory(&shm)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::FileTooShort { file_size, end, .. }
+                if file_size == PAGE as u64 && end == 2 * PAGE as u64),
+            "{err}"
+        );
+    }
+    // What fits maps, and reads back.
+    let m = MemoryMappingBuilder::new(PAGE)
         .from_shared_memory(&shm)
         .build()
         .unwrap();
-    let mut seals = MemfdSeals::new();
-    seals.set_grow_seal();
-    shm.add_seals(seals).unwrap();
-    let err = MemoryMappingBuilder::new(4 * PAGE)
-        .from_shared_memory(&shm)
-        .build()
-        .unwrap_err();
-    assert!(matches!(err, Error::FileTooShort { .. }), "{err}");
+    assert_eq!(m.read_obj::<u64>(PAGE - 8).unwrap(), 0);
 }
 
 #[test]
@@ -269,6 +303,13 @@ fn refuses_closed_hostile_and_unmappable_descriptors() {
         matches!(err, Error::Mmap { fd: Some(f), .. } if f == fd),
         "{err}"
     );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("of descriptor {fd} ")) && !text.contains("Some("),
+        "{text}"
+    );
+    let err = MemoryMappingBuilder::new(1 << 62).build().unwrap_err();
+    assert!(err.to_string().contains("of anonymous memory"), "{err}");
     let dir = File::open("/").unwrap();
     let err = MemoryMappingBuilder::new(PAGE)
         .from_file(&dir)
@@ -439,15 +480,46 @@ fn mapped_region_range_operations() {
     let err = region.msync(PAGE, usize::MAX).unwrap_err();
     assert!(matches!(err, Error::Overflow { .. }), "{err}");
     region.madvise(0, PAGE, libc::MADV_WILLNEED).unwrap();
-    let err = region.madvise(0, PAGE, 12345).unwrap_err();
+    // Only the allow-list reaches the kernel. Guard pages (Linux 6.13's MADV_GUARD_INSTALL,
+    // 102), poisoning and soft-offlining would make the next safe read fault.
+    for advice in [
+        12345,
+        -1,
+        102,
+        libc::MADV_HWPOISON,
+        libc::MADV_SOFT_OFFLINE,
+        libc::MADV_FREE,
+    ] {
+        let err = region.madvise(0, PAGE, advice).unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedAdvice { advice: a } if a == advice),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&advice.to_string()), "{err}");
+        assert_eq!(&m.read_obj::<[u8; 8]>(2 * PAGE).unwrap(), b"page two");
+    }
+    for &(advice, name) in base::mmap::ALLOWED_ADVICE {
+        // Allowed advice is the kernel's to judge; none of it may make the memory fault.
+        let _ = region.madvise(0, PAGE, advice);
+        let _ = m.read_obj::<u64>(0).unwrap();
+        assert!(name.starts_with("MADV_"));
+    }
+    // The kernel's refusal names the advice.
+    let ro_file = common::read_only_file(PAGE as u64);
+    let ro = MemoryMappingBuilder::new(PAGE)
+        .from_file(&ro_file)
+        .protection(Protection::read())
+        .build()
+        .unwrap();
+    let err = (&ro as &dyn MappedRegion)
+        .madvise(0, PAGE, libc::MADV_REMOVE)
+        .unwrap_err();
     assert!(
-        matches!(&err, Error::SystemCall { call: "madvise", source, .. } if source.raw_os_error() == Some(libc::EINVAL)),
+        matches!(&err, Error::Madvise { advice, name: "MADV_REMOVE", offset: 0, size, .. }
+            if *advice == libc::MADV_REMOVE && *size == PAGE),
         "{err}"
     );
-    for advice in [libc::MADV_HWPOISON, libc::MADV_SOFT_OFFLINE] {
-        let err = region.madvise(0, PAGE, advice).unwrap_err();
-        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
-    }
+    assert!(err.to_string().contains("MADV_REMOVE = 9"), "{err}");
     let mut m = m;
     let region: &mut dyn MappedRegion = &mut m;
     let err = region
@@ -492,9 +564,71 @@ fn external_mapping_checks_its_arguments() {
         assert!(matches!(err, Error::InvalidSize { .. }), "{err}");
         let err = ExternalMapping::new(m.as_ptr().add(8), PAGE).unwrap_err();
         assert!(matches!(err, Error::NotPageAligned { .. }), "{err}");
-        let err = ExternalMapping::new(m.as_ptr(), usize::MAX).unwrap_err();
+        let err = ExternalMapping::new(m.as_ptr(), usize::MAX - PAGE + 1).unwrap_err();
         assert!(matches!(err, Error::Overflow { .. }), "{err}");
+        // A partial last page is refused: msync and madvise act on whole pages, and the rest
+        // of that page is not the region's (madvise(0, 100, MADV_DONTNEED) would discard it).
+        for size in [100, PAGE + 1, usize::MAX] {
+            let err = ExternalMapping::new(m.as_ptr(), size).unwrap_err();
+            assert!(
+                matches!(err, Error::NotPageAligned { what: "external mapping size", value, .. }
+                    if value == size as u64),
+                "{err}"
+            );
+        }
     }
+}
+
+#[test]
+fn range_operations_never_reach_past_a_region() {
+    // A 100-byte MemoryMapping owns its whole page; msync and madvise of its 100 bytes act on
+    // that page only, and the next page, mapped by someone else, keeps its bytes.
+    let backing = MemoryMappingBuilder::new(2 * PAGE).build().unwrap();
+    backing.write_slice(&[0x5a; 2 * PAGE], 0).unwrap();
+    let small = MemoryMappingBuilder::new(100).build().unwrap();
+    small.write_slice(&[1; 100], 0).unwrap();
+    let region: &dyn MappedRegion = &small;
+    region.madvise(0, 100, libc::MADV_DONTNEED).unwrap();
+    region.msync(0, 100).unwrap();
+    let err = region.madvise(0, 101, libc::MADV_DONTNEED).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidAddress {
+                offset: 0,
+                size: 101,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // SAFETY: `backing` outlives `ext` and is never remapped meanwhile.
+    let ext = unsafe { ExternalMapping::new(backing.as_ptr(), PAGE) }.unwrap();
+    let region: &dyn MappedRegion = &ext;
+    region.madvise(0, PAGE, libc::MADV_WILLNEED).unwrap();
+    let err = region
+        .madvise(0, PAGE + 1, libc::MADV_DONTNEED)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
+    assert_eq!(backing.read_obj::<u8>(PAGE).unwrap(), 0x5a);
+    // The plumbing under msync and madvise checks its range too, with checked arithmetic.
+    for (offset, len) in [
+        (usize::MAX, 2),
+        (usize::MAX - 0x10, 0x20),
+        (PAGE, usize::MAX),
+    ] {
+        let err = region
+            .for_each_mapped_range(offset, len, &mut |_, _| panic!("called"))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Overflow { .. }),
+            "{offset:#x}+{len:#x}: {err}"
+        );
+    }
+    let err = region
+        .for_each_mapped_range(0, 2 * PAGE, &mut |_, _| panic!("called"))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
 }
 
 #[test]
@@ -596,4 +730,91 @@ fn errors_carry_an_errno_for_the_wire() {
         region.remove_mapping(0, PAGE).unwrap_err().errno(),
         libc::ENOTSUP
     );
+}
+
+#[test]
+fn build_fixed_maps_exactly_where_asked() {
+    // A reservation of our own to map into.
+    let reservation = MemoryMappingBuilder::new(8 * PAGE)
+        .protection(Protection::none())
+        .build()
+        .unwrap();
+    let file = common::temp_file(2 * PAGE as u64);
+    let at = reservation.as_ptr().wrapping_add(2 * PAGE);
+    // SAFETY: `at..at + 2 pages` lies in our reservation, which nothing else uses; the
+    // fixed mapping replaces that part of it, and `reservation` is forgotten below so that
+    // only `fixed` and the rest of the reservation are ever unmapped, each once.
+    let fixed = unsafe {
+        MemoryMappingBuilder::new(2 * PAGE)
+            .from_file(&file)
+            .build_fixed(at)
+    }
+    .unwrap();
+    assert_eq!(fixed.as_ptr(), at);
+    fixed.write_obj(0xabcdu16, PAGE).unwrap();
+    let mut back = [0u8; 2];
+    file.read_exact_at(&mut back, PAGE as u64).unwrap();
+    assert_eq!(u16::from_ne_bytes(back), 0xabcd);
+    assert_eq!(common::page_perms(at as usize, 2 * PAGE), ["rw-s", "rw-s"]);
+    // Refusals, each before anything is mapped.
+    let page_in = reservation.as_ptr().wrapping_add(6 * PAGE);
+    // SAFETY: every call below is refused before mmap is called.
+    unsafe {
+        let err = MemoryMappingBuilder::new(PAGE)
+            .build_fixed(std::ptr::null_mut())
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
+        let err = MemoryMappingBuilder::new(PAGE)
+            .build_fixed(page_in.add(8))
+            .unwrap_err();
+        assert!(matches!(err, Error::NotPageAligned { .. }), "{err}");
+        let err = MemoryMappingBuilder::new(PAGE)
+            .align(1 << 40)
+            .build_fixed(page_in)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::NotAligned { align, .. } if align == 1 << 40),
+            "{err}"
+        );
+        let err = MemoryMappingBuilder::new(2 * PAGE)
+            .build_fixed((usize::MAX & !(PAGE - 1)) as *mut u8)
+            .unwrap_err();
+        assert!(matches!(err, Error::Overflow { .. }), "{err}");
+        let err = MemoryMappingBuilder::new(0)
+            .build_fixed(page_in)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidSize { .. }), "{err}");
+        let err = MemoryMappingBuilder::new(4 * PAGE)
+            .from_file(&file)
+            .build_fixed(page_in)
+            .unwrap_err();
+        assert!(matches!(err, Error::FileTooShort { .. }), "{err}");
+    }
+    // The reservation (a shared PROT_NONE mapping) is untouched.
+    assert_eq!(common::page_perms(page_in as usize, PAGE), ["---s"]);
+    // Split ownership: drop the fixed mapping, then unmap the reservation's other pages by
+    // hand instead of letting `reservation` unmap a range that `fixed` owned.
+    drop(fixed);
+    let (addr, len) = (reservation.as_ptr(), reservation.size());
+    std::mem::forget(reservation);
+    // SAFETY: the reservation's range is ours and nothing uses it any more.
+    unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+}
+
+#[test]
+fn mergeable_advice_reaches_the_kernel() {
+    let m = MemoryMappingBuilder::new(4 * PAGE).build().unwrap();
+    match m.use_mergeable() {
+        Ok(()) => {}
+        // Kernels without KSM answer EINVAL, named with the advice.
+        Err(Error::Madvise {
+            name: "MADV_MERGEABLE",
+            source,
+            ..
+        }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::EINVAL))
+        }
+        Err(e) => panic!("{e}"),
+    }
+    m.write_obj(1u64, 0).unwrap();
 }

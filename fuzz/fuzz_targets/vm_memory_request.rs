@@ -11,9 +11,10 @@
 #![no_main]
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use base::{AsRawDescriptor, SafeDescriptor, SharedMemory, Tube};
+use base::{SafeDescriptor, SharedMemory, Tube};
 use hypervisor::kvm::{Kvm, KvmVm};
 use libfuzzer_sys::fuzz_target;
 use vm_control::{ClientId, VmMemoryServer};
@@ -74,12 +75,12 @@ fuzz_target!(|data: &[u8]| {
     let count = usize::from(selector & 3);
     let descriptors: Vec<SafeDescriptor> = (0..count)
         .map(|i| {
-            let raw = match (selector >> (2 + 2 * i)) & 3 {
-                0 => state.shm.as_raw_descriptor(),
-                1 => state.file.as_raw_descriptor(),
-                _ => state.pipe.as_raw_descriptor(),
+            let lent = match (selector >> (2 + 2 * i)) & 3 {
+                0 => state.shm.as_fd(),
+                1 => state.file.as_fd(),
+                _ => state.pipe.as_fd(),
             };
-            SafeDescriptor::try_clone_raw(raw).unwrap()
+            SafeDescriptor::try_clone_borrowed(lent).unwrap()
         })
         .collect();
     let client = state.client;

@@ -212,28 +212,23 @@ fn random_messages_are_answered_and_leave_nothing_behind() {
         } else {
             rng.random_range(0..3)
         };
-        let descriptors: Vec<SafeDescriptor> = (0..count)
-            .map(|_| {
-                match if well_formed {
-                    kind
-                } else {
-                    rng.random_range(0..3)
-                } {
-                    0 => SafeDescriptor::try_clone_raw(base::AsRawDescriptor::as_raw_descriptor(
-                        &shm,
-                    ))
-                    .unwrap(),
-                    1 => SafeDescriptor::try_clone_raw(base::AsRawDescriptor::as_raw_descriptor(
-                        &file,
-                    ))
-                    .unwrap(),
-                    _ => SafeDescriptor::try_clone_raw(base::AsRawDescriptor::as_raw_descriptor(
-                        &pipe_r,
-                    ))
-                    .unwrap(),
-                }
-            })
-            .collect();
+        let descriptors: Vec<SafeDescriptor> =
+            (0..count)
+                .map(|_| {
+                    match if well_formed {
+                        kind
+                    } else {
+                        rng.random_range(0..3)
+                    } {
+                        0 => SafeDescriptor::try_clone_borrowed(std::os::fd::AsFd::as_fd(&shm))
+                            .unwrap(),
+                        1 => SafeDescriptor::try_clone_borrowed(std::os::fd::AsFd::as_fd(&file))
+                            .unwrap(),
+                        _ => SafeDescriptor::try_clone_borrowed(std::os::fd::AsFd::as_fd(&pipe_r))
+                            .unwrap(),
+                    }
+                })
+                .collect();
         // What the server will execute, if anything: the bytes decide, not what we meant.
         let executed: Option<VmMemoryRequest> = base::tube::decode(&bytes).ok();
         match server.handle_packet(clients[who], &bytes, descriptors) {

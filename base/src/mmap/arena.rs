@@ -8,8 +8,8 @@ use super::books::{ArenaMapping, Books};
 use super::builder::{re_reserve, reserve, MapRequest};
 use super::region::MappedRegion;
 use super::{
-    check_page_range, round_up_to_page, syscall_on_range, Backing, Error, MemoryMapping,
-    Protection, Result,
+    check_in_bounds, check_page_range, round_up_to_page, syscall_on_range, Backing, Error,
+    MemoryMapping, Protection, Result,
 };
 use crate::descriptor::AsRawDescriptor;
 use crate::pagesize;
@@ -61,7 +61,7 @@ impl MemoryMappingArena {
             len: pagesize() as u64,
         })?;
         Ok(MemoryMappingArena {
-            addr: reserve(size)?,
+            addr: reserve(size, "an arena", size, pagesize())?,
             size,
             books: Books::default(),
         })
@@ -146,7 +146,7 @@ impl MemoryMappingArena {
             // A failed MAP_FIXED may have unmapped the range: put the reservation back so the
             // address space stays ours.
             // SAFETY: as above.
-            if let Err(again) = unsafe { re_reserve(at, len) } {
+            if let Err(again) = unsafe { re_reserve(at, offset, len) } {
                 log::error!("arena lost reservation at {offset:#x}+{len:#x}: {again}");
             }
             return Err(e);
@@ -170,7 +170,7 @@ impl MemoryMappingArena {
         let len = self.check_range(offset, size)?;
         // SAFETY: the range lies inside our reservation; after this call the books forget
         // whatever was mapped there, so nothing of ours still uses it.
-        unsafe { re_reserve(self.addr.add(offset), len)? };
+        unsafe { re_reserve(self.addr.add(offset), offset, len)? };
         self.books.remove(offset, len);
         Ok(())
     }
@@ -308,6 +308,7 @@ unsafe impl MappedRegion for MemoryMappingArena {
         len: usize,
         f: &mut dyn FnMut(usize, usize) -> Result<()>,
     ) -> Result<()> {
+        check_in_bounds(offset, len, self.size)?;
         let mut touched = false;
         for m in self.clipped(offset, len) {
             touched = true;

@@ -7,7 +7,9 @@ use std::fs::File;
 use std::mem::MaybeUninit;
 use std::ptr;
 
-use super::{round_up_to_page, Backing, Error, MemoryMapping, Protection, Result};
+use super::{
+    round_up_to_page, syscall_on_range, Backing, Error, MemoryMapping, Protection, Result,
+};
 use crate::descriptor::{AsRawDescriptor, RawDescriptor};
 use crate::pagesize;
 use crate::shm::SharedMemory;
@@ -95,13 +97,72 @@ impl<'a> MemoryMappingBuilder<'a> {
 
     /// Maps the memory, or says why it cannot.
     pub fn build(self) -> Result<MemoryMapping> {
+        let (request, len, align) = self.checked_request()?;
+        let addr = if align <= pagesize() {
+            // SAFETY: a null hint lets the kernel choose fresh address space; nothing of ours
+            // is replaced.
+            unsafe { request.map(ptr::null_mut(), false)? }
+        } else {
+            map_aligned(&request, len, align)?
+        };
+        Ok(self.mapping_at(addr))
+    }
+
+    /// Maps the memory at `addr` exactly (`MAP_FIXED`), replacing whatever was mapped there,
+    /// and returns a mapping that unmaps it on drop. `addr` must be page-aligned, and aligned
+    /// as [`align`](Self::align) asked if it was.
+    ///
+    /// # Safety
+    ///
+    /// The whole pages covering `addr..addr + size` must be address space that the caller owns
+    /// and that nothing else uses, now or after the returned mapping unmaps them: typically a
+    /// reservation the caller made and hands over.
+    pub unsafe fn build_fixed(self, addr: *mut u8) -> Result<MemoryMapping> {
+        let (request, len, align) = self.checked_request()?;
+        if addr.is_null() {
+            return Err(Error::InvalidAddress {
+                offset: 0,
+                size: self.size,
+                region_size: len,
+                why: "a fixed mapping cannot start at the null address",
+            });
+        }
+        let page = pagesize();
+        if !(addr as usize).is_multiple_of(page) {
+            return Err(Error::NotPageAligned {
+                what: "fixed mapping address",
+                value: addr as u64,
+                page,
+            });
+        }
+        if !(addr as usize).is_multiple_of(align) {
+            return Err(Error::NotAligned {
+                what: "fixed mapping address",
+                value: addr as u64,
+                align,
+            });
+        }
+        if (addr as usize).checked_add(len).is_none() {
+            return Err(Error::Overflow {
+                what: "fixed mapping address + size",
+                base: addr as u64,
+                len: len as u64,
+            });
+        }
+        // SAFETY: the caller vouches that the range is theirs to replace.
+        let addr = unsafe { request.map(addr, true)? };
+        Ok(self.mapping_at(addr))
+    }
+
+    /// Checks everything about the request before any syscall: the request, its length
+    /// rounded to whole pages, and the alignment to place it at (at least a page).
+    fn checked_request(&self) -> Result<(MapRequest, usize, usize)> {
         if self.size == 0 {
             return Err(Error::InvalidSize { what: "a mapping" });
         }
-        let fd = self.descriptor.map(|d| d.as_raw_descriptor());
         let request = MapRequest {
             size: self.size,
-            fd,
+            fd: self.descriptor.map(|d| d.as_raw_descriptor()),
             offset: self.offset,
             protection: self.protection,
             populate: self.populate,
@@ -110,7 +171,9 @@ impl<'a> MemoryMappingBuilder<'a> {
         let page = pagesize();
         let align = match self.align {
             None => page,
-            Some(a) if a.is_power_of_two() => (a as usize).max(page),
+            Some(a) if a.is_power_of_two() => usize::try_from(a)
+                .map_err(|_| Error::InvalidAlignment { align: a })?
+                .max(page),
             Some(a) => return Err(Error::InvalidAlignment { align: a }),
         };
         let len = round_up_to_page(self.size).ok_or(Error::Overflow {
@@ -118,24 +181,21 @@ impl<'a> MemoryMappingBuilder<'a> {
             base: self.size as u64,
             len: page as u64,
         })?;
-        let addr = if align <= page {
-            // SAFETY: a null hint lets the kernel choose fresh address space; nothing of ours
-            // is replaced.
-            unsafe { request.map(ptr::null_mut(), false)? }
-        } else {
-            map_aligned(&request, len, align)?
-        };
-        Ok(MemoryMapping {
+        Ok((request, len, align))
+    }
+
+    fn mapping_at(&self, addr: *mut u8) -> MemoryMapping {
+        MemoryMapping {
             addr,
             size: self.size,
             protection: self.protection,
-            backing: match fd {
+            backing: match self.descriptor {
                 None => Backing::Anonymous,
                 Some(_) => Backing::Descriptor {
                     offset: self.offset,
                 },
             },
-        })
+        }
     }
 }
 
@@ -147,7 +207,7 @@ fn map_aligned(request: &MapRequest, len: usize, align: usize) -> Result<*mut u8
         base: len as u64,
         len: align as u64,
     })?;
-    let reservation = reserve(total)?;
+    let reservation = reserve(total, "an aligned mapping", request.size, align)?;
     let start = reservation as usize;
     let aligned = (start + align - 1) & !(align - 1);
     // SAFETY: `aligned..aligned + len` lies inside the reservation we own.
@@ -176,8 +236,14 @@ fn map_aligned(request: &MapRequest, len: usize, align: usize) -> Result<*mut u8
 }
 
 /// Reserves `len` bytes of address space that nothing can touch: private, `PROT_NONE`, and
-/// with no memory committed.
-pub(super) fn reserve(len: usize) -> Result<*mut u8> {
+/// with no memory committed. Errors name the caller's request: `what` it is for, the `size`
+/// and `align` asked for.
+pub(super) fn reserve(
+    len: usize,
+    what: &'static str,
+    size: usize,
+    align: usize,
+) -> Result<*mut u8> {
     // SAFETY: a null hint lets the kernel choose fresh address space; nothing is replaced.
     let addr = unsafe {
         libc::mmap(
@@ -190,44 +256,41 @@ pub(super) fn reserve(len: usize) -> Result<*mut u8> {
         )
     };
     if addr == libc::MAP_FAILED {
-        return Err(Error::Mmap {
-            fd: None,
-            offset: 0,
-            size: len,
-            protection: Protection::none(),
+        return Err(Error::Reserve {
+            what,
+            size,
+            align,
             source: std::io::Error::last_os_error(),
         });
     }
     Ok(addr as *mut u8)
 }
 
-/// Puts the reservation back over `addr..addr + len`.
+/// Puts the reservation back over `addr..addr + len`, which is `offset` bytes into its arena
+/// (for the error).
 ///
 /// # Safety
 ///
 /// The range must belong to a reservation we own (an arena), with nothing in it still in use.
-pub(super) unsafe fn re_reserve(addr: *mut u8, len: usize) -> Result<()> {
-    // SAFETY: MAP_FIXED replaces only the range the caller owns and no longer uses.
-    let ret = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    if ret == libc::MAP_FAILED {
-        return Err(Error::Mmap {
-            fd: None,
-            offset: 0,
-            size: len,
-            protection: Protection::none(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+pub(super) unsafe fn re_reserve(addr: *mut u8, offset: usize, len: usize) -> Result<()> {
+    syscall_on_range("mmap(MAP_FIXED) of the reservation", offset, len, || {
+        // SAFETY: MAP_FIXED replaces only the range the caller owns and no longer uses.
+        let ret = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if ret == libc::MAP_FAILED {
+            -1
+        } else {
+            0
+        }
+    })
 }
 
 /// One `mmap` call, checked before it is made.
@@ -269,18 +332,17 @@ impl MapRequest {
                 page,
             });
         }
-        let stat = fstat(fd)?;
-        let needed = self.offset + self.size as u64;
-        if stat.st_mode & libc::S_IFMT == libc::S_IFREG
-            && (stat.st_size as u64) < needed
-            && !is_growable_memfd(fd)
-        {
-            return Err(Error::FileTooShort {
-                fd,
-                file_size: stat.st_size as u64,
-                offset: self.offset,
-                size: self.size,
-            });
+        let end = self.offset + self.size as u64;
+        if let Some(file_size) = backing_size(fd)? {
+            if file_size < end {
+                return Err(Error::FileTooShort {
+                    fd,
+                    file_size,
+                    offset: self.offset,
+                    size: self.size,
+                    end,
+                });
+            }
         }
         Ok(())
     }
@@ -341,10 +403,40 @@ fn fstat(fd: RawDescriptor) -> Result<libc::stat> {
     Ok(unsafe { stat.assume_init() })
 }
 
-/// A memfd without `F_SEAL_GROW` may be grown by its owner after it is mapped, so its current
-/// size does not bound what may be mapped.
-fn is_growable_memfd(fd: RawDescriptor) -> bool {
-    // SAFETY: F_GET_SEALS only reads the seal set; on a non-memfd it fails with EINVAL.
-    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
-    seals >= 0 && seals & libc::F_SEAL_GROW == 0
+/// How many bytes `fd` can back: the size of a regular file or memfd, of a block device,
+/// or `None` for what has no such bound (character devices such as `/dev/zero` or DAX
+/// devices, whose driver refuses a mapping it cannot back).
+///
+/// A page wholly past the end of a file raises SIGBUS when touched, so mapping one is refused
+/// even for a memfd that could still grow: whoever holds it could equally shrink it.
+fn backing_size(fd: RawDescriptor) -> Result<Option<u64>> {
+    vmm_sys_util::ioctl_ior_nr!(BLKGETSIZE64, 0x12, 114, u64);
+    let stat = fstat(fd)?;
+    match stat.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok(Some(stat.st_size as u64)),
+        libc::S_IFBLK => {
+            let mut size = 0u64;
+            // SAFETY: BLKGETSIZE64 writes one u64 into `size`, which lives across the call.
+            let ret = unsafe {
+                vmm_sys_util::ioctl::ioctl_with_mut_ref(&Fd(fd), BLKGETSIZE64(), &mut size)
+            };
+            if ret < 0 {
+                return Err(Error::BadDescriptor {
+                    fd,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            Ok(Some(size))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A borrowed descriptor number for vmm-sys-util's ioctl helpers.
+struct Fd(RawDescriptor);
+
+impl std::os::fd::AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawDescriptor {
+        self.0
+    }
 }

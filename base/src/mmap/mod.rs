@@ -43,19 +43,22 @@ pub enum Error {
     /// A cache flush failed.
     #[error("cache flush failed: {0}")]
     Cache(#[from] cache::Error),
-    /// A regular file is shorter than the range to map.
+    /// A regular file, memfd or block device ends before the range to map does: touching
+    /// the part past its end would raise SIGBUS.
     #[error(
-        "descriptor {fd} is a file of {file_size:#x} bytes, too short to map {size:#x} bytes at offset {offset:#x}"
+        "descriptor {fd} holds {file_size:#x} bytes; mapping {size:#x} bytes at offset {offset:#x} needs it to reach {end:#x}"
     )]
     FileTooShort {
         /// The descriptor.
         fd: RawDescriptor,
-        /// The file's size.
+        /// Its current size.
         file_size: u64,
-        /// Offset into the file.
+        /// Offset into it.
         offset: u64,
         /// Bytes to map.
         size: usize,
+        /// `offset + size`: the size the file would need.
+        end: u64,
     },
     /// A range does not lie inside the region, or touches nothing mapped in an arena.
     #[error("range {offset:#x}+{size:#x} in a region of {region_size:#x} bytes: {why}")]
@@ -89,6 +92,20 @@ pub enum Error {
         /// What was being sized.
         what: &'static str,
     },
+    /// `madvise` failed.
+    #[error("madvise({name} = {advice}) on range {offset:#x}+{size:#x} failed: {source}")]
+    Madvise {
+        /// The advice value.
+        advice: i32,
+        /// Its name (`MADV_REMOVE`...).
+        name: &'static str,
+        /// Start of the range, from the region's start.
+        offset: usize,
+        /// Its length.
+        size: usize,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
     /// An add overlaps a sub-mapping already in the arena.
     #[error(
         "range {offset:#x}+{size:#x} overlaps the mapping at {existing_offset:#x}+{existing_size:#x}"
@@ -105,7 +122,8 @@ pub enum Error {
     },
     /// `mmap` refused the mapping.
     #[error(
-        "mmap of {size:#x} bytes ({protection:?}) from descriptor {fd:?} at offset {offset:#x} failed: {source}"
+        "mmap of {size:#x} bytes ({protection:?}) of {what} at offset {offset:#x} failed: {source}",
+        what = describe_descriptor(*.fd)
     )]
     Mmap {
         /// The descriptor, or `None` for anonymous memory.
@@ -128,6 +146,16 @@ pub enum Error {
         needed: Protection,
         /// The mapping's protection.
         protection: Protection,
+    },
+    /// A value is not aligned as the caller asked.
+    #[error("{what} {value:#x} is not aligned to {align:#x}")]
+    NotAligned {
+        /// Which value.
+        what: &'static str,
+        /// The value.
+        value: u64,
+        /// The alignment asked for.
+        align: usize,
     },
     /// An offset that must be page-aligned is not.
     #[error("{what} {value:#x} is not aligned to the page size {page:#x}")]
@@ -158,6 +186,20 @@ pub enum Error {
     /// `populate()` with `Protection::none()`: there is nothing to prefault.
     #[error("populate() asked for a mapping with no access")]
     PopulateWithoutAccess,
+    /// The address space for a mapping or an arena could not be reserved.
+    #[error(
+        "cannot reserve {size:#x} bytes of address space (alignment {align:#x}) for {what}: {source}"
+    )]
+    Reserve {
+        /// What the space was for: "an aligned mapping" or "an arena".
+        what: &'static str,
+        /// The size the caller asked for.
+        size: usize,
+        /// The alignment the caller asked for (a page when none was).
+        align: usize,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
     /// A syscall on an existing mapping failed.
     #[error("{call} on range {offset:#x}+{size:#x} failed: {source}")]
     SystemCall {
@@ -176,6 +218,12 @@ pub enum Error {
         /// The operation.
         op: &'static str,
     },
+    /// `madvise` advice outside the allow-list (see [`ALLOWED_ADVICE`]).
+    #[error("madvise advice {advice} is not allowed on guest memory")]
+    UnsupportedAdvice {
+        /// The advice value.
+        advice: i32,
+    },
     /// A bounds or alignment error of volatile access.
     #[error(transparent)]
     Volatile(#[from] VolatileMemoryError),
@@ -187,10 +235,12 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::SystemCall { source, .. }
+            | Error::Madvise { source, .. }
+            | Error::Reserve { source, .. }
             | Error::Mmap { source, .. }
             | Error::BadDescriptor { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::MappingOverlap { .. } => libc::EEXIST,
-            Error::Unsupported { .. } => libc::ENOTSUP,
+            Error::Unsupported { .. } | Error::UnsupportedAdvice { .. } => libc::ENOTSUP,
             Error::NoAccess { .. } => libc::EACCES,
             Error::Overflow { .. } | Error::InvalidOffset { .. } => libc::EOVERFLOW,
             _ => libc::EINVAL,
@@ -200,6 +250,74 @@ impl Error {
 
 /// Result of the mmap module.
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn describe_descriptor(fd: Option<RawDescriptor>) -> String {
+    match fd {
+        Some(fd) => format!("descriptor {fd}"),
+        None => "anonymous memory".to_owned(),
+    }
+}
+
+/// The `madvise` advice these crates pass to the kernel, with their names: what a VMM needs
+/// to manage guest memory. Everything else is refused with [`Error::UnsupportedAdvice`], so
+/// no advice can turn mapped memory into memory that faults on access (`MADV_HWPOISON`,
+/// `MADV_SOFT_OFFLINE`, Linux 6.13's `MADV_GUARD_INSTALL`) or that only makes sense for
+/// private memory (`MADV_FREE`, `MADV_WIPEONFORK`).
+pub const ALLOWED_ADVICE: &[(libc::c_int, &str)] = &[
+    (libc::MADV_NORMAL, "MADV_NORMAL"),
+    (libc::MADV_RANDOM, "MADV_RANDOM"),
+    (libc::MADV_SEQUENTIAL, "MADV_SEQUENTIAL"),
+    (libc::MADV_WILLNEED, "MADV_WILLNEED"),
+    (libc::MADV_DONTNEED, "MADV_DONTNEED"),
+    (libc::MADV_REMOVE, "MADV_REMOVE"),
+    (libc::MADV_DONTFORK, "MADV_DONTFORK"),
+    (libc::MADV_DOFORK, "MADV_DOFORK"),
+    (libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
+    (libc::MADV_UNMERGEABLE, "MADV_UNMERGEABLE"),
+    (libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
+    (libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
+    (libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
+    (libc::MADV_DODUMP, "MADV_DODUMP"),
+    (libc::MADV_COLD, "MADV_COLD"),
+    (libc::MADV_PAGEOUT, "MADV_PAGEOUT"),
+    (libc::MADV_POPULATE_READ, "MADV_POPULATE_READ"),
+    (libc::MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE"),
+];
+
+/// The name of `advice` if it is on the allow-list, else [`Error::UnsupportedAdvice`].
+pub(crate) fn advice_name(advice: libc::c_int) -> Result<&'static str> {
+    ALLOWED_ADVICE
+        .iter()
+        .find(|&&(value, _)| value == advice)
+        .map(|&(_, name)| name)
+        .ok_or(Error::UnsupportedAdvice { advice })
+}
+
+/// `madvise(advice)` on `len` bytes at `addr`, named `offset` in errors.
+///
+/// # Safety
+///
+/// `addr..addr + len` must be whole pages that the caller owns, and `advice` must come from
+/// [`ALLOWED_ADVICE`], none of which makes mapped memory fault.
+pub(crate) unsafe fn madvise_range(
+    addr: *mut u8,
+    offset: usize,
+    len: usize,
+    advice: libc::c_int,
+) -> Result<()> {
+    let name = advice_name(advice)?;
+    // SAFETY: the caller owns the pages, and allowed advice leaves them mapped and accessible.
+    if unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } < 0 {
+        return Err(Error::Madvise {
+            advice,
+            name,
+            offset,
+            size: len,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
 
 /// What backs a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,17 +475,23 @@ impl MemoryMapping {
     /// Gives the pages of `offset..offset + count` back to the kernel (`MADV_REMOVE`); reads
     /// then return zeros. `offset` must be page-aligned; `count` is rounded up to a page.
     pub fn remove_range(&self, offset: usize, count: usize) -> Result<()> {
-        self.advise_range(offset, count, libc::MADV_REMOVE, "madvise(MADV_REMOVE)")
+        self.advise_range(offset, count, libc::MADV_REMOVE)
     }
 
     /// Asks for transparent huge pages (`MADV_HUGEPAGE`).
     pub fn use_hugepages(&self) -> Result<()> {
-        self.advise_range(0, self.size, libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")
+        self.advise_range(0, self.size, libc::MADV_HUGEPAGE)
     }
 
     /// Keeps the mapping out of forked children (`MADV_DONTFORK`).
     pub fn use_dontfork(&self) -> Result<()> {
-        self.advise_range(0, self.size, libc::MADV_DONTFORK, "madvise(MADV_DONTFORK)")
+        self.advise_range(0, self.size, libc::MADV_DONTFORK)
+    }
+
+    /// Lets the kernel merge identical pages of this mapping with others (`MADV_MERGEABLE`,
+    /// kernel same-page merging). Fails with the kernel's `EINVAL` where KSM is not built in.
+    pub fn use_mergeable(&self) -> Result<()> {
+        self.advise_range(0, self.size, libc::MADV_MERGEABLE)
     }
 
     /// Faults in and locks every page in RAM (`mlock`).
@@ -400,21 +524,13 @@ impl MemoryMapping {
         })
     }
 
-    fn advise_range(
-        &self,
-        offset: usize,
-        count: usize,
-        advice: libc::c_int,
-        call: &'static str,
-    ) -> Result<()> {
+    fn advise_range(&self, offset: usize, count: usize, advice: libc::c_int) -> Result<()> {
         let Some(len) = check_page_range(offset, count, self.size)? else {
             return Ok(());
         };
-        syscall_on_range(call, offset, len, || {
-            // SAFETY: the range lies inside our own mapping (checked above); the advice only
-            // affects those pages.
-            unsafe { libc::madvise(self.addr.add(offset) as *mut libc::c_void, len, advice) }
-        })
+        // SAFETY: the range lies inside our own mapping (checked above), whose whole pages are
+        // ours, and `madvise_range` takes only allowed advice.
+        unsafe { madvise_range(self.addr.add(offset), offset, len, advice) }
     }
 }
 
@@ -446,6 +562,10 @@ pub(crate) fn round_up_to_page(value: usize) -> Option<usize> {
 
 /// Validates a range for msync/madvise/protect: `offset` page-aligned, `offset + size` inside
 /// `region_size`. Returns the length rounded up to whole pages, or `None` when `size` is 0.
+///
+/// The rounding never reaches past the region's own pages: every [`MappedRegion`] owns the
+/// whole pages that cover it (its start is page-aligned and `ExternalMapping`s are whole
+/// pages), so the last page, partly outside `size` as it may be, is the region's.
 pub(crate) fn check_page_range(
     offset: usize,
     size: usize,
@@ -459,6 +579,16 @@ pub(crate) fn check_page_range(
             page,
         });
     }
+    check_in_bounds(offset, size, region_size)?;
+    if size == 0 {
+        return Ok(None);
+    }
+    // `offset + size <= region_size`, whose page rounding is mapped, so this cannot overflow.
+    Ok(Some(round_up_to_page(size).unwrap_or(size)))
+}
+
+/// Checks that `offset..offset + size` lies inside `region_size` bytes, without overflow.
+pub(crate) fn check_in_bounds(offset: usize, size: usize, region_size: usize) -> Result<()> {
     let end = offset.checked_add(size).ok_or(Error::Overflow {
         what: "offset + size",
         base: offset as u64,
@@ -472,11 +602,7 @@ pub(crate) fn check_page_range(
             why: "runs past the end",
         });
     }
-    if size == 0 {
-        return Ok(None);
-    }
-    // `end <= region_size`, whose page rounding is mapped, so this cannot overflow.
-    Ok(Some(round_up_to_page(size).unwrap_or(size)))
+    Ok(())
 }
 
 /// Runs a syscall that returns -1 on failure and names the range in the error.

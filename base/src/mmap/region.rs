@@ -3,17 +3,22 @@
 
 //! [`MappedRegion`]: what a hypervisor needs of a piece of host memory to hand it to a guest.
 
-use super::{check_page_range, syscall_on_range, Error, MemoryMapping, Protection, Result};
+use super::{
+    check_in_bounds, check_page_range, madvise_range, round_up_to_page, syscall_on_range, Error,
+    MemoryMapping, Protection, Result,
+};
 use crate::descriptor::AsRawDescriptor;
 
 /// A range of host address space that a hypervisor can register as guest memory.
 ///
 /// # Safety
 ///
-/// Implementers promise that `as_ptr()..as_ptr() + size()` is address space owned by the value
-/// (mapped or reserved) for as long as it lives, never unmapped behind the caller's back, and
-/// that [`for_each_mapped_range`](Self::for_each_mapped_range) reports only parts of it that
-/// are really mapped.
+/// Implementers promise that `as_ptr()` is page-aligned and that the whole pages covering
+/// `as_ptr()..as_ptr() + size()` are address space owned by the value (mapped or reserved)
+/// for as long as it lives, never unmapped behind the caller's back; `msync` and `madvise`
+/// round lengths up to a page and so may act on the last page as a whole. They also promise
+/// that [`for_each_mapped_range`](Self::for_each_mapped_range) reports only parts of the range
+/// asked for that are really mapped.
 pub unsafe trait MappedRegion: Send + Sync {
     /// The first byte's address.
     fn as_ptr(&self) -> *mut u8;
@@ -45,63 +50,58 @@ pub unsafe trait MappedRegion: Send + Sync {
         })
     }
 
-    /// Calls `f(offset, len)` for each mapped part of the page range `offset..offset + len`,
-    /// in order, and stops at the first error. A region that is mapped in whole (the default)
-    /// calls `f` once with the range itself; an arena skips its unmapped space and answers
-    /// [`Error::InvalidAddress`] when the range touches nothing mapped.
+    /// Calls `f(offset, len)` for each mapped part of `offset..offset + len`, in order, and
+    /// stops at the first error. The range must lie inside the region's pages, else
+    /// [`Error::InvalidAddress`] (or [`Error::Overflow`]). A region that is mapped in whole
+    /// (the default) calls `f` once with the range itself; an arena skips its unmapped space
+    /// and answers [`Error::InvalidAddress`] when the range touches nothing mapped.
     fn for_each_mapped_range(
         &self,
         offset: usize,
         len: usize,
         f: &mut dyn FnMut(usize, usize) -> Result<()>,
     ) -> Result<()> {
+        check_in_bounds(offset, len, owned_size(self.size()))?;
         f(offset, len)
     }
+}
+
+/// The bytes a region of `size` owns: its whole pages.
+pub(crate) fn owned_size(size: usize) -> usize {
+    // A region's pages are mapped, so rounding its size cannot overflow; saturate regardless.
+    round_up_to_page(size).unwrap_or(usize::MAX)
 }
 
 impl<'a> dyn MappedRegion + 'a {
     /// Writes dirty pages of `offset..offset + size` back to their file and waits (`MS_SYNC`).
     /// `offset` must be page-aligned; `size` is rounded up to a page; 0 does nothing.
     pub fn msync(&self, offset: usize, size: usize) -> Result<()> {
-        self.on_mapped_ranges(offset, size, "msync", |addr, len| {
-            // SAFETY: `addr..addr + len` is a mapped part of this region; msync only writes
-            // its pages back.
-            unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_SYNC) }
-        })
-    }
-
-    /// Applies `madvise(advice)` to `offset..offset + size`, with the same range rules as
-    /// `msync`. The kernel judges `advice` itself, except `MADV_HWPOISON` and
-    /// `MADV_SOFT_OFFLINE`, memory-failure test hooks that would make the pages fault for
-    /// good (a privileged process could otherwise poison guest memory by mistake).
-    pub fn madvise(&self, offset: usize, size: usize, advice: libc::c_int) -> Result<()> {
-        if advice == libc::MADV_HWPOISON || advice == libc::MADV_SOFT_OFFLINE {
-            return Err(Error::Unsupported {
-                op: "madvise(MADV_HWPOISON or MADV_SOFT_OFFLINE)",
-            });
-        }
-        self.on_mapped_ranges(offset, size, "madvise", |addr, len| {
-            // SAFETY: `addr..addr + len` is a mapped part of this region; the advice only
-            // affects those pages, whose contents the caller controls.
-            unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) }
-        })
-    }
-
-    fn on_mapped_ranges(
-        &self,
-        offset: usize,
-        size: usize,
-        call: &'static str,
-        mut f: impl FnMut(*mut u8, usize) -> libc::c_int,
-    ) -> Result<()> {
         let Some(len) = check_page_range(offset, size, self.size())? else {
             return Ok(());
         };
         let base = self.as_ptr();
         self.for_each_mapped_range(offset, len, &mut |start, len| {
-            // SAFETY: `start` lies inside the region, as the trait contract promises.
-            let addr = unsafe { base.add(start) };
-            syscall_on_range(call, start, len, || f(addr, len))
+            syscall_on_range("msync", start, len, || {
+                // SAFETY: `start..start + len` is a mapped part of this region, as the trait
+                // contract promises; msync only writes its pages back.
+                unsafe { libc::msync(base.add(start) as *mut libc::c_void, len, libc::MS_SYNC) }
+            })
+        })
+    }
+
+    /// Applies `madvise(advice)` to the mapped parts of `offset..offset + size`, with the same
+    /// range rules as `msync`. `advice` must be on [`ALLOWED_ADVICE`](super::ALLOWED_ADVICE),
+    /// else [`Error::UnsupportedAdvice`]: nothing reachable here can make mapped memory fault.
+    pub fn madvise(&self, offset: usize, size: usize, advice: libc::c_int) -> Result<()> {
+        super::advice_name(advice)?;
+        let Some(len) = check_page_range(offset, size, self.size())? else {
+            return Ok(());
+        };
+        let base = self.as_ptr();
+        self.for_each_mapped_range(offset, len, &mut |start, len| {
+            // SAFETY: `start..start + len` is a mapped part of this region's own pages, as the
+            // trait contract promises, and the advice is an allowed one.
+            unsafe { madvise_range(base.add(start), start, len, advice) }
         })
     }
 }
@@ -131,7 +131,9 @@ unsafe impl Send for ExternalMapping {}
 unsafe impl Sync for ExternalMapping {}
 
 impl ExternalMapping {
-    /// Wraps `size` bytes at `addr`, which must be a non-null, page-aligned address.
+    /// Wraps `size` bytes at `addr`, which must be a non-null, page-aligned address; `size`
+    /// must be a whole number of pages, since msync and madvise act on whole pages and the
+    /// bytes after a partial last page are not the region's.
     ///
     /// # Safety
     ///
@@ -156,6 +158,13 @@ impl ExternalMapping {
             return Err(Error::NotPageAligned {
                 what: "external mapping address",
                 value: addr as u64,
+                page,
+            });
+        }
+        if !size.is_multiple_of(page) {
+            return Err(Error::NotPageAligned {
+                what: "external mapping size",
+                value: size as u64,
                 page,
             });
         }
