@@ -1,8 +1,8 @@
 // Copyright 2026 The VMM memory crates authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Tube: round trips with descriptors, every refusal, timeouts, disconnection, and handing
-//! one end to another process.
+//! Tube: round trips with descriptors, every refusal, empty packets, timeouts, disconnection,
+//! close-on-exec descriptors, and handing one end to another process.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -32,6 +32,31 @@ impl ScmSocket for Raw {
     }
 }
 
+fn is_cloexec(fd: &SafeDescriptor) -> bool {
+    // SAFETY: F_GETFD reads the flags of a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_descriptor(), libc::F_GETFD) };
+    flags >= 0 && flags & libc::FD_CLOEXEC != 0
+}
+
+/// Turns a boolean socket option on, as a process that handed us the socket could have.
+fn enable_socket_option(tube: &Tube, option: libc::c_int) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int from `on`, which lives across the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            tube.as_raw_descriptor(),
+            libc::SOL_SOCKET,
+            option,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A pipe whose read end reports EOF only once every copy of the write end is closed: a
 /// leak detector for descriptors handed to the tube.
 fn pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
@@ -39,11 +64,19 @@ fn pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
 }
 
 fn assert_all_write_ends_closed(mut reader: std::io::PipeReader) {
+    // With every write end closed the read end reports end-of-file at once. A child another
+    // test is spawning holds copies of all our descriptors until it execs, which closes the
+    // CLOEXEC ones, so wait a little for that; a leaked write end never closes, and the wait
+    // turns it into a failure instead of a hang.
+    let mut poll = libc::pollfd {
+        fd: reader.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd it is given, which lives across the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, 10_000) };
+    assert_eq!(ready, 1, "a write end is still open somewhere");
     let mut buf = [0u8; 1];
-    // With every write end closed this returns 0 at once; a leaked one would block forever,
-    // so set the read end non-blocking to turn a leak into an error.
-    // SAFETY: F_SETFL on a descriptor we own.
-    unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     match reader.read(&mut buf) {
         Ok(0) => {}
         other => panic!("a write end is still open somewhere: {other:?}"),
@@ -126,8 +159,15 @@ fn oversized_messages_are_refused_on_both_sides() {
         .unwrap();
     drop(writer);
     let err = b.recv_raw().unwrap_err();
+    // The real length, not where the receive buffer cut it.
     assert!(
-        matches!(err, Error::Oversized { len, .. } if len > MAX_MESSAGE_SIZE),
+        matches!(
+            err,
+            Error::Oversized {
+                len,
+                max: MAX_MESSAGE_SIZE,
+            } if len == MAX_MESSAGE_SIZE + 99
+        ),
         "{err}"
     );
     assert_all_write_ends_closed(reader);
@@ -152,7 +192,10 @@ fn too_many(count: usize) {
         .map(|(_, w)| w as &dyn AsRawDescriptor)
         .collect();
     let err = a.send_with_descriptors(&Request::Ping, &refs).unwrap_err();
-    assert!(matches!(err, Error::TooManyDescriptors { .. }), "{err}");
+    assert!(
+        matches!(err, Error::TooManyDescriptors { count: c, max: MAX_DESCRIPTORS } if c == count),
+        "{err}"
+    );
     // A hostile peer sends them anyway.
     let raw: Vec<i32> = ends.iter().map(|(_, w)| w.as_raw_fd()).collect();
     Raw(a.as_raw_descriptor())
@@ -170,9 +213,9 @@ fn too_many(count: usize) {
         matches!(
             err,
             Error::TooManyDescriptors {
+                count: c,
                 max: MAX_DESCRIPTORS,
-                ..
-            }
+            } if c == count
         ),
         "{err}"
     );
@@ -182,6 +225,150 @@ fn too_many(count: usize) {
     // The tube still works after a refusal.
     a.send(&Request::Ping).unwrap();
     assert_eq!(b.recv::<Request>().unwrap(), Request::Ping);
+}
+
+#[test]
+fn empty_packets_are_refused_not_mistaken_for_disconnection() {
+    let (a, b) = Tube::pair().unwrap();
+    let raw = Raw(a.as_raw_descriptor());
+    let no_fds: [i32; 0] = [];
+    let empty: &[u8] = &[];
+    // A peer still connected sends an empty packet: a decode-class error, and the tube goes on.
+    raw.send_with_fds(&[empty], &no_fds).unwrap();
+    let err = b.recv::<Request>().unwrap_err();
+    assert!(matches!(err, Error::EmptyPacket), "{err}");
+    a.send(&Request::Ping).unwrap();
+    assert_eq!(b.recv::<Request>().unwrap(), Request::Ping);
+    // Raw, it is a packet of no bytes, which decode refuses.
+    raw.send_with_fds(&[empty], &no_fds).unwrap();
+    let (packet, fds) = b.recv_raw().unwrap();
+    assert!(packet.is_empty() && fds.is_empty());
+    let err = base::tube::decode::<Request>(&packet).unwrap_err();
+    assert!(matches!(err, Error::EmptyPacket), "{err}");
+    // With a descriptor attached: refused, descriptor closed.
+    let (reader, writer) = pipe();
+    raw.send_with_fds(&[empty], &[writer.as_raw_fd()]).unwrap();
+    drop(writer);
+    let err = b.recv::<Request>().unwrap_err();
+    assert!(matches!(err, Error::EmptyPacket), "{err}");
+    assert_all_write_ends_closed(reader);
+    // A tube never sends one.
+    let err = a.send_raw(&[], &[]).unwrap_err();
+    assert!(matches!(err, Error::EmptyPacket), "{err}");
+    let (_reader, writer) = pipe();
+    let err = a.send_raw(&[], &[&writer]).unwrap_err();
+    assert!(matches!(err, Error::EmptyPacket), "{err}");
+    b.set_recv_timeout(Some(Duration::from_millis(20))).unwrap();
+    let err = b.recv::<Request>().unwrap_err();
+    assert!(matches!(err, Error::Timeout), "nothing was sent: {err}");
+    b.set_recv_timeout(None).unwrap();
+    // An empty packet, then a message, then the close: both are still delivered in order.
+    raw.send_with_fds(&[empty], &no_fds).unwrap();
+    a.send(&Request::Ping).unwrap();
+    drop(a);
+    let err = b.recv::<Request>().unwrap_err();
+    assert!(matches!(err, Error::EmptyPacket), "{err}");
+    assert_eq!(b.recv::<Request>().unwrap(), Request::Ping);
+    // Then the end of the stream, every time it is asked.
+    for _ in 0..2 {
+        let err = b.recv::<Request>().unwrap_err();
+        assert!(matches!(err, Error::Disconnected), "{err}");
+    }
+}
+
+#[test]
+fn a_peer_that_shuts_down_its_sending_side_is_disconnected() {
+    let (a, b) = Tube::pair().unwrap();
+    a.send(&Request::Ping).unwrap();
+    // SAFETY: shutdown changes only the state of a socket we own.
+    let ret = unsafe { libc::shutdown(a.as_raw_descriptor(), libc::SHUT_WR) };
+    assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(b.recv::<Request>().unwrap(), Request::Ping);
+    // `a` is still open, so `b` sees no hang-up (POLLHUP), only the shut-down side (POLLRDHUP).
+    let err = b.recv::<Request>().unwrap_err();
+    assert!(matches!(err, Error::Disconnected), "{err}");
+    drop(a);
+}
+
+#[test]
+fn descriptors_behind_other_control_messages_are_found() {
+    // With SO_PASSCRED set, the kernel puts the sender's credentials before the descriptors.
+    let (a, b) = Tube::pair().unwrap();
+    enable_socket_option(&b, libc::SO_PASSCRED).unwrap();
+    let (reader, writer) = pipe();
+    a.send_with_descriptors(&Request::Ping, &[&writer]).unwrap();
+    let (msg, fds): (Request, Vec<SafeDescriptor>) = b.recv_with_descriptors().unwrap();
+    assert_eq!(msg, Request::Ping);
+    assert_eq!(fds.len(), 1);
+    assert!(is_cloexec(&fds[0]));
+    drop(fds);
+    a.send_with_descriptors(&Request::Ping, &[&writer]).unwrap();
+    drop(writer);
+    let err = b.recv::<Request>().unwrap_err();
+    assert!(
+        matches!(err, Error::UnexpectedDescriptors { count: 1 }),
+        "{err}"
+    );
+    assert_all_write_ends_closed(reader);
+    // Credentials and nearly SCM_MAX_FD descriptors: all arrive, and are counted and closed.
+    let count = 250;
+    let ends: Vec<_> = (0..count).map(|_| pipe()).collect();
+    let raw: Vec<i32> = ends.iter().map(|(_, w)| w.as_raw_fd()).collect();
+    Raw(a.as_raw_descriptor())
+        .send_with_fds(&[&[0x7bu8, 1][..]], &raw)
+        .unwrap();
+    let readers: Vec<_> = ends.into_iter().map(|(r, _)| r).collect();
+    let err = b.recv_raw().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooManyDescriptors {
+                count: 250,
+                max: MAX_DESCRIPTORS
+            }
+        ),
+        "{err}"
+    );
+    for r in readers {
+        assert_all_write_ends_closed(r);
+    }
+}
+
+/// How many of our descriptors are pidfds of this very process.
+fn own_pidfds() -> usize {
+    let pid_line = format!("Pid:\t{}\n", std::process::id());
+    std::fs::read_dir("/proc/self/fdinfo")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter(|info| info.contains(&pid_line))
+        .count()
+}
+
+/// With SO_PASSPIDFD set, the kernel attaches a pidfd of the sender to every message; one
+/// left open per message would exhaust our descriptors.
+#[test]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn pidfds_the_kernel_attaches_are_closed() {
+    /// SO_PASSPIDFD in asm-generic/socket.h (Linux 6.5), which these architectures use.
+    const SO_PASSPIDFD: libc::c_int = 76;
+    let (a, b) = Tube::pair().unwrap();
+    if let Err(e) = enable_socket_option(&b, SO_PASSPIDFD) {
+        assert_eq!(e.raw_os_error(), Some(libc::ENOPROTOOPT), "{e}");
+        return; // A kernel older than 6.5.
+    }
+    let before = own_pidfds();
+    let (_reader, writer) = pipe();
+    for _ in 0..20 {
+        a.send_with_descriptors(&Request::Ping, &[&writer]).unwrap();
+        let (msg, fds): (Request, Vec<SafeDescriptor>) = b.recv_with_descriptors().unwrap();
+        assert_eq!(msg, Request::Ping);
+        assert_eq!(
+            fds.len(),
+            1,
+            "the pidfd is not one of the message's descriptors"
+        );
+    }
+    assert_eq!(own_pidfds(), before, "pidfds were left open");
 }
 
 #[test]
@@ -344,4 +531,54 @@ fn one_end_is_handed_to_a_child_process() {
     assert!(process.wait().unwrap().success());
     // The child has exited, so its end is closed.
     assert!(matches!(parent.recv::<Request>(), Err(Error::Disconnected)));
+}
+
+/// Children spawned by another thread for one second list their descriptors while this one
+/// receives descriptors as fast as it can: none may show up in a child. Receiving without
+/// MSG_CMSG_CLOEXEC and setting FD_CLOEXEC afterwards leaks within a few children.
+#[test]
+fn received_descriptors_never_leak_into_a_child_spawned_meanwhile() {
+    use std::time::Instant;
+
+    const PROBE: &str = "tube-cloexec-probe";
+    let probe = SharedMemory::new(PROBE, 4096).unwrap();
+    let (a, b) = Tube::pair().unwrap();
+    let spawner = std::thread::spawn(|| {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let (mut spawned, mut leaked) = (0, 0);
+        while Instant::now() < deadline && leaked == 0 {
+            let out = std::process::Command::new("/bin/ls")
+                .args(["-l", "/proc/self/fd/"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            spawned += 1;
+            if String::from_utf8_lossy(&out.stdout).contains(PROBE) {
+                leaked += 1;
+            }
+        }
+        (spawned, leaked)
+    });
+    // The most descriptors a message may carry, so that on a receive path that set FD_CLOEXEC
+    // one descriptor at a time after recvmsg, the last one would wait longest.
+    let refs: Vec<&dyn AsRawDescriptor> = vec![&probe; MAX_DESCRIPTORS];
+    let mut received = 0usize;
+    while !spawner.is_finished() {
+        a.send_with_descriptors(&(), &refs).unwrap();
+        let ((), fds): ((), Vec<SafeDescriptor>) = b.recv_with_descriptors().unwrap();
+        if received == 0 {
+            assert!(
+                fds.iter().all(is_cloexec),
+                "received descriptors are CLOEXEC"
+            );
+        }
+        received += fds.len();
+    }
+    let (spawned, leaked) = spawner.join().unwrap();
+    assert_eq!(
+        leaked, 0,
+        "{leaked} of {spawned} children spawned while {received} descriptors were received \
+         inherited one"
+    );
 }
