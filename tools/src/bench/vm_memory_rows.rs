@@ -401,7 +401,7 @@ fn cold_rows(
     // Dependent: a random cycle through distinct slots; each load's address is the previous
     // load's value. Ours and the peer follow guest addresses, raw follows host pointers kept
     // in a third copy of the layout.
-    let (raw, _) = both(layout, false);
+    let (raw, _) = both(layout, true);
     let mut slots = random_addrs(layout, if quick { 1 << 16 } else { 1 << 20 }, 8, rng);
     slots.sort_unstable();
     slots.dedup();
