@@ -40,7 +40,7 @@ enum Command {
     },
     /// Measure our crates against raw code and the vm-memory crate, side by side.
     Bench {
-        /// A shorter run (under a minute) with fewer samples.
+        /// A shorter run (about a second) with fewer, shorter samples.
         #[arg(long)]
         quick: bool,
         /// Also write the results as JSON to this file.
