@@ -282,14 +282,14 @@ impl SharedMemory {
     ///
     /// ```
     /// use base::{MemfdSeals, SharedMemory};
-    /// let mut shm = SharedMemory::new("sealed", 4096).unwrap();
+    /// let shm = SharedMemory::new("sealed", 4096).unwrap();
     /// let mut seals = MemfdSeals::new();
     /// seals.set_grow_seal();
     /// seals.set_shrink_seal();
     /// shm.add_seals(seals).unwrap();
     /// assert!(shm.get_seals().unwrap().grow_seal());
     /// ```
-    pub fn add_seals(&mut self, seals: MemfdSeals) -> Result<()> {
+    pub fn add_seals(&self, seals: MemfdSeals) -> Result<()> {
         let fd = self.descriptor.as_raw_descriptor();
         // SAFETY: F_ADD_SEALS only changes the seal set of a descriptor we own; the kernel
         // validates the bits.

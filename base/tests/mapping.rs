@@ -235,7 +235,7 @@ fn refuses_short_regular_files_but_not_char_devices_or_growable_memfds() {
 fn a_memfd_is_never_mapped_past_its_end() {
     // 8 KiB over a 4 KiB memfd would SIGBUS on the second page, growable or not: whoever can
     // grow it could as well leave it short.
-    let mut shm = SharedMemory::new("short", PAGE as u64).unwrap();
+    let shm = SharedMemory::new("short", PAGE as u64).unwrap();
     for sealed in [false, true] {
         if sealed {
             let mut seals = MemfdSeals::new();

@@ -63,7 +63,7 @@ fn names_with_nul_or_too_long_are_refused() {
 
 #[test]
 fn seals_accumulate_and_are_enforced() {
-    let mut shm = SharedMemory::new("seals", 8192).unwrap();
+    let shm = SharedMemory::new("seals", 8192).unwrap();
     assert_eq!(shm.get_seals().unwrap(), MemfdSeals::new());
     let mut seals = MemfdSeals::new();
     seals.set_grow_seal();
@@ -116,7 +116,7 @@ fn seals_accumulate_and_are_enforced() {
 
 #[test]
 fn every_seal_can_be_set_at_once() {
-    let mut shm = SharedMemory::new("bits", 4096).unwrap();
+    let shm = SharedMemory::new("bits", 4096).unwrap();
     // Only the public setters build seals, so the worst a caller can do is ask for all.
     let mut all = MemfdSeals::new();
     all.set_seal_seal();

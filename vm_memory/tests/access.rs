@@ -163,13 +163,50 @@ fn volatile_objects_need_alignment() {
         matches!(err, Error::UnalignedObject { addr, align: 4 } if addr == g(0x102)),
         "{err}"
     );
-    assert!(mem.write_obj_at_addr_volatile(0u64, g(4)).is_err());
-    assert!(mem.write_obj_at_addr_volatile([0u8; 8], g(4)).is_err());
+    for addr in [4, 4 * P - 4] {
+        let err = mem.write_obj_at_addr_volatile(0u64, g(addr)).unwrap_err();
+        assert!(
+            matches!(err, Error::UnalignedObject { align: 8, .. }),
+            "{err}"
+        );
+        let err = mem
+            .write_obj_at_addr_volatile([0u8; 8], g(addr))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::UnalignedObject { align: 8, .. }),
+            "{err}"
+        );
+    }
+    // The same answer inside a region and across one: a 3-byte object cannot be untorn.
+    for addr in [0x10, 4 * P - 1, 0x10fff] {
+        let err = mem
+            .read_obj_from_addr_volatile::<[u8; 3]>(g(addr))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Volatile { addr: a, source: base::VolatileMemoryError::NotAtomicSize { size: 3 } } if a == g(addr)),
+            "{addr:#x}: {err}"
+        );
+        let err = mem
+            .write_obj_at_addr_volatile([0u8; 3], g(addr))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Volatile {
+                    source: base::VolatileMemoryError::NotAtomicSize { size: 3 },
+                    ..
+                }
+            ),
+            "{addr:#x}: {err}"
+        );
+    }
     let err = mem
-        .read_obj_from_addr_volatile::<[u8; 3]>(g(0))
+        .read_obj_from_addr_volatile::<u64>(g(0x8000))
         .unwrap_err();
-    assert!(matches!(err, Error::Volatile { .. }), "{err}");
-    assert!(mem.read_obj_from_addr_volatile::<u64>(g(0x8000)).is_err());
+    assert!(
+        matches!(err, Error::InvalidGuestAddress(a) if a == g(0x8000)),
+        "{err}"
+    );
     // Objects larger than 8 bytes may cross contiguous regions (they are not atomic anyway).
     mem.write_obj_at_addr_volatile([3u64; 4], g(4 * P - 16))
         .unwrap();
@@ -227,6 +264,43 @@ fn queries() {
     assert!(!mem.is_valid_range(g(0), 6 * P + 1));
     assert!(mem.is_valid_range(g(0x10000), 0));
     assert!(!mem.is_valid_range(g(0x8000), 0));
+    assert!(!mem.is_valid_range(g(u64::MAX), u64::MAX));
+}
+
+#[test]
+fn region_queries_crosvm_code_expects() {
+    let mem = layout();
+    // RAM regions sit at increasing offsets of one memfd: 0, 0x4000, 0x6000.
+    let (mapping, offset, backing_offset) = mem.find_region(g(4 * P + 0x10)).unwrap();
+    assert_eq!((mapping.size(), offset), (2 * P as usize, 0x10));
+    assert_eq!(backing_offset, 4 * P + 0x10);
+    assert_eq!(mem.offset_from_base(g(0x10000 + 8)).unwrap(), 6 * P + 8);
+    assert_eq!(mem.offset_from_base(g(0)).unwrap(), 0);
+    let region = mem.region_of(g(5 * P)).unwrap();
+    assert_eq!((region.start(), region.end()), (g(4 * P), g(6 * P)));
+    assert_eq!(region.size(), 2 * P as usize);
+    assert!(region.contains(g(6 * P - 1)) && !region.contains(g(6 * P)) && !region.contains(g(0)));
+    assert_eq!(region.backing_offset(), 4 * P);
+    assert_eq!(region.mapping().size(), region.size());
+    assert!(matches!(
+        region.backing(),
+        vm_memory::RegionBacking::SharedMemory(_)
+    ));
+    assert_eq!(region.options().align, 0);
+    let starts: Vec<_> = mem.memory_regions().iter().map(|r| r.start()).collect();
+    assert_eq!(starts, [g(0), g(4 * P), g(0x10000)]);
+    assert!(matches!(
+        mem.shm_region(g(0x10000)).unwrap(),
+        vm_memory::RegionBacking::SharedMemory(_)
+    ));
+    // Holes, the end of memory and the top of the address space are refused by name.
+    for addr in [6 * P, 0x11000, u64::MAX] {
+        let a = g(addr);
+        assert!(matches!(mem.find_region(a), Err(Error::InvalidGuestAddress(x)) if x == a));
+        assert!(matches!(mem.offset_from_base(a), Err(Error::InvalidGuestAddress(x)) if x == a));
+        assert!(matches!(mem.shm_region(a), Err(Error::InvalidGuestAddress(x)) if x == a));
+        assert!(matches!(mem.region_of(a), Err(Error::InvalidGuestAddress(x)) if x == a));
+    }
 }
 
 #[test]

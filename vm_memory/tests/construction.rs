@@ -164,14 +164,25 @@ fn file_backed_regions_check_the_file_length() {
     let file = temp_file(8 * P);
     let ok = MemoryRegionOptions::new().file_backed(file.clone(), 4 * P);
     GuestMemory::new_with_options(&[(g(0), 4 * P, ok)]).unwrap();
-    for (offset, size) in [(4 * P, 5 * P), (8 * P, P), (u64::MAX - P + 1, 2 * P)] {
+    for (offset, size) in [(4 * P, 5 * P), (8 * P, P), (1 << 40, P)] {
         let options = MemoryRegionOptions::new().file_backed(file.clone(), offset);
         let err = GuestMemory::new_with_options(&[(g(0x1_0000), size, options)]).unwrap_err();
         assert!(
-            matches!(err, Error::FileTooShort { addr, file_size, .. } if addr == g(0x1_0000) && file_size == 8 * P),
+            matches!(err, Error::FileTooShort { addr, file_size, needed, size: s }
+                if addr == g(0x1_0000) && file_size == 8 * P && needed == offset + size && s == size),
             "{offset:#x}: {err}"
         );
     }
+    // An offset + size that overflows is reported as that, with the values given.
+    let top = u64::MAX - P + 1;
+    let options = MemoryRegionOptions::new().file_backed(file.clone(), top);
+    let err = GuestMemory::new_with_options(&[(g(0x1_0000), 2 * P, options)]).unwrap_err();
+    assert!(
+        matches!(err, Error::BackingOverflow { addr, offset, size }
+            if addr == g(0x1_0000) && offset == top && size == 2 * P),
+        "{err}"
+    );
+    assert!(err.to_string().contains("0xfffffffffffff000"), "{err}");
     // An unaligned file offset is refused by base when mapping, with the region named.
     let options = MemoryRegionOptions::new().file_backed(file.clone(), 100);
     let err = GuestMemory::new_with_options(&[(g(0), P, options)]).unwrap_err();
@@ -223,13 +234,16 @@ fn from_regions_checks_the_layout_too() {
     let err = MemoryRegion::new_from_file(8 * P, g(0), 0, file).unwrap_err();
     assert!(matches!(err, Error::FileTooShort { .. }), "{err}");
     // A memfd that could still grow is no excuse: guest memory never grows its backing.
-    for (size, offset) in [(8 * P, 0), (2 * P, 3 * P), (P, u64::MAX - 100)] {
+    for (size, offset) in [(8 * P, 0), (2 * P, 3 * P)] {
         let err = MemoryRegion::new_from_shm(size, g(0), offset, shm.clone()).unwrap_err();
         assert!(
-            matches!(err, Error::FileTooShort { file_size, .. } if file_size == 4 * P),
+            matches!(err, Error::FileTooShort { file_size, needed, .. }
+                if file_size == 4 * P && needed == offset + size),
             "{size:#x}@{offset:#x}: {err}"
         );
     }
+    let err = MemoryRegion::new_from_shm(P, g(0), u64::MAX - 100, shm.clone()).unwrap_err();
+    assert!(matches!(err, Error::BackingOverflow { .. }), "{err}");
 }
 
 #[test]
@@ -240,4 +254,68 @@ fn clones_share_the_same_memory() {
     assert_eq!(clone.read_obj_from_addr::<u8>(g(10)).unwrap(), 0x55);
     fn send_sync<T: Send + Sync>(_: &T) {}
     send_sync(&clone);
+}
+
+#[test]
+fn a_callers_memfd_cannot_shrink_under_guest_memory() {
+    use std::os::fd::AsFd;
+    let shm = Arc::new(SharedMemory::new("caller", 4 * P).unwrap());
+    let copy = base::SafeDescriptor::try_clone_borrowed(shm.as_fd()).unwrap();
+    let region = MemoryRegion::new_from_shm(4 * P, g(0), 0, shm.clone()).unwrap();
+    let mem = GuestMemory::from_regions(vec![region]).unwrap();
+    assert!(shm.get_seals().unwrap().shrink_seal());
+    // Whoever else holds the memfd cannot truncate it any more: the VMM's next access past
+    // the new end would have been a SIGBUS.
+    let err = File::from(copy).set_len(P).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    mem.write_obj_at_addr(1u64, g(3 * P)).unwrap();
+    // A memfd given as a file is sealed the same way.
+    let memfd = SharedMemory::new("as file", 2 * P).unwrap();
+    let file = Arc::new(File::from(base::SafeDescriptor::from(memfd)));
+    let options = MemoryRegionOptions::new().file_backed(file.clone(), 0);
+    let mem = GuestMemory::new_with_options(&[(g(0), 2 * P, options)]).unwrap();
+    assert_eq!(
+        file.set_len(0).unwrap_err().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    mem.write_obj_at_addr(2u64, g(P)).unwrap();
+    // A memfd that refuses further seals (without a shrink seal) is refused.
+    let locked = SharedMemory::new("locked", 2 * P).unwrap();
+    let mut seal = base::MemfdSeals::new();
+    seal.set_seal_seal();
+    locked.add_seals(seal).unwrap();
+    let err = MemoryRegion::new_from_shm(2 * P, g(0), 0, Arc::new(locked)).unwrap_err();
+    assert!(
+        matches!(&err, Error::SealFailed { addr, source: base::shm::Error::AddSeals { .. } } if *addr == g(0)),
+        "{err}"
+    );
+    // A regular file cannot be sealed; its size is checked when the region is made.
+    let regular = temp_file(2 * P);
+    let options = MemoryRegionOptions::new().file_backed(regular.clone(), 0);
+    GuestMemory::new_with_options(&[(g(0), 2 * P, options)]).unwrap();
+    regular.set_len(P).unwrap();
+}
+
+#[test]
+fn character_devices_back_regions_without_a_size() {
+    // /dev/zero reports st_size 0, yet maps (as shared anonymous memory), like a DAX device.
+    let zero = Arc::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/zero")
+            .unwrap(),
+    );
+    assert_eq!(zero.metadata().unwrap().len(), 0);
+    let options = MemoryRegionOptions::new().file_backed(zero.clone(), 0);
+    let mem = GuestMemory::new_with_options(&[(g(0x10_0000), 16 * P, options)]).unwrap();
+    mem.write_obj_at_addr(0xfeed_u32, g(0x10_0000 + 15 * P))
+        .unwrap();
+    assert_eq!(
+        mem.read_obj_from_addr::<u32>(g(0x10_0000 + 15 * P))
+            .unwrap(),
+        0xfeed
+    );
+    let region = MemoryRegion::new_from_file(P, g(0), 0, zero).unwrap();
+    assert_eq!(region.size(), P as usize);
 }
