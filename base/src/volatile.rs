@@ -431,6 +431,19 @@ pub(crate) unsafe fn copy_pieces_from_volatile(dst: *mut u8, src: *const u8, len
         unsafe { copy_piece!(len, ptr::read_volatile, ptr::write_unaligned, dst, src) };
         return;
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { copy_pieces_from_volatile_slow(dst, src, len) }
+}
+
+/// The piece-by-piece loop of [`copy_pieces_from_volatile`], out of line: it is the rare case
+/// (unaligned or odd-sized objects), and inlining it at every call site would crowd the
+/// registers of the common one.
+///
+/// # Safety
+///
+/// As for [`copy_pieces_from_volatile`].
+#[inline(never)]
+unsafe fn copy_pieces_from_volatile_slow(dst: *mut u8, src: *const u8, len: usize) {
     let mut done = 0;
     while done < len {
         // SAFETY: `done < len`, so both pointers stay inside their buffers.
@@ -457,6 +470,19 @@ pub(crate) unsafe fn copy_pieces_to_volatile(dst: *mut u8, src: *const u8, len: 
         unsafe { copy_piece!(len, ptr::read_unaligned, ptr::write_volatile, dst, src) };
         return;
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { copy_pieces_to_volatile_slow(dst, src, len) }
+}
+
+/// The piece-by-piece loop of [`copy_pieces_to_volatile`], out of line: it is the rare case
+/// (unaligned or odd-sized objects), and inlining it at every call site would crowd the
+/// registers of the common one.
+///
+/// # Safety
+///
+/// As for [`copy_pieces_to_volatile`].
+#[inline(never)]
+unsafe fn copy_pieces_to_volatile_slow(dst: *mut u8, src: *const u8, len: usize) {
     let mut done = 0;
     while done < len {
         // SAFETY: `done < len`, so both pointers stay inside their buffers.

@@ -22,11 +22,10 @@ impl GuestMemory {
     /// of every access, from the lookup table alone.
     #[inline(always)]
     fn host_range(&self, addr: GuestAddress, len: usize) -> Option<*mut u8> {
-        let (_, entry, offset) = self.inner.table.find(addr.0)?;
-        if len as u64 > entry.len - offset {
-            return None;
-        }
-        Some((entry.host + offset as usize) as *mut u8)
+        self.inner
+            .table
+            .find_host(addr.0, len as u64)
+            .map(|host| host as *mut u8)
     }
 
     /// The slice for `addr..addr + len` when it lies in one region.
@@ -255,8 +254,8 @@ impl GuestMemory {
     /// lives.
     #[inline(always)]
     pub fn get_host_address(&self, addr: GuestAddress) -> Result<*const u8> {
-        match self.inner.table.find(addr.0) {
-            Some((_, entry, offset)) => Ok((entry.host + offset as usize) as *const u8),
+        match self.inner.table.find_host(addr.0, 1) {
+            Some(host) => Ok(host as *const u8),
             None => Err(Error::InvalidGuestAddress(addr)),
         }
     }

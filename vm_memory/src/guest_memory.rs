@@ -162,7 +162,7 @@ impl GuestMemory {
     /// Whether `addr` is in some region.
     #[inline]
     pub fn address_in_range(&self, addr: GuestAddress) -> bool {
-        self.inner.table.find(addr.0).is_some()
+        self.inner.table.find_host(addr.0, 1).is_some()
     }
 
     /// Whether any region overlaps `start..end`.

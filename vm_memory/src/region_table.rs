@@ -1,26 +1,45 @@
 // Copyright 2026 The VMM memory crates authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Address-to-region lookup in constant time for sensible layouts, logarithmic at worst.
+//! Address-to-region lookup in constant time, with no branch that depends on the address for
+//! any layout whose regions are not packed tighter than eight to a table bucket.
 //!
-//! The largest region is checked first with one comparison, inline: for the common layouts
-//! (one RAM region, or RAM below and above a PCI hole) most accesses stop there. Otherwise the
-//! span from the first region's start to the last region's end is cut into at most
-//! `4 * n` (power-of-two sized) buckets. Each bucket records the first and last region that
-//! reach into it, so a lookup is a subtraction, a shift, one table load and a bounds check.
-//! Only a bucket that several regions share (tiny regions next to huge ones) falls back to a
-//! binary search, and only over those regions.
+//! An access first checks the largest region, with one comparison that decides both "in it"
+//! and "fits in it": for one RAM region, or RAM below and above a PCI hole, most accesses stop
+//! there. Then the exact map: the span from the first region's start to the last region's end
+//! cut into at most [`EXACT`] power-of-two sized buckets, as large as the region boundaries
+//! allow, kept inline, each holding the host address of its first byte when the whole bucket
+//! lies in one region. For the layouts VMMs use (evenly sized slots, regions on large
+//! power-of-two boundaries) every region starts and ends on a bucket boundary, and an access
+//! costs a subtraction, a shift, one load and two compares, with few loads of the table:
+//! the fewer loads an access keeps in flight, the more cache misses a stream of independent
+//! accesses can overlap.
+//!
+//! Everything else goes through the region index: the span cut into at most
+//! `BUCKETS_PER_REGION * n` buckets, each naming the first region that reaches into it; the
+//! region holding an address is that one or one of the next few, found by a search over a
+//! window of their start addresses whose depth is fixed for the whole table (0 steps when no
+//! bucket holds two regions, 3 when one holds eight), so the only branches are the same for
+//! every lookup. A bucket holding more than eight regions (tiny regions packed in a huge
+//! span) falls back to a binary search over them. The index is out of line and cold, so that
+//! a call site inlines only the two checks above.
 
-/// The regions that reach into one bucket, as indexes `lo..=hi`. `lo > hi` never happens:
-/// a bucket in a hole points at any region and the bounds check then fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Bucket {
-    lo: u32,
-    hi: u32,
-}
+/// Buckets of the exact map (8 bytes each, inline in the table): room for a thousand evenly
+/// spaced slots with holes between them.
+const EXACT: usize = 2048;
+/// An exact-map bucket that does not lie wholly in one region.
+const NOT_EXACT: usize = usize::MAX;
+/// Regions a bucket may hold and still be searched without a branch.
+const WINDOW: usize = 8;
+/// Marks a bucket that holds more than `WINDOW` regions.
+const CROWDED: u32 = 1 << 31;
+/// Most buckets per region: enough that evenly sized regions get one bucket each or better.
+const BUCKETS_PER_REGION: usize = 4;
+/// A ceiling on the table (4 bytes a bucket) whatever the region count.
+const MAX_BUCKETS: usize = 1 << 16;
 
-/// What a lookup needs of a region, packed in one cache line's worth: where it starts, how
-/// long it is, and where its first byte is in the host.
+/// What a lookup needs of a region: where it starts, how long it is, and where its first
+/// byte is in the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub start: u64,
@@ -40,20 +59,27 @@ impl Entry {
 /// Lookup over sorted, non-overlapping regions.
 #[derive(Debug)]
 pub(crate) struct RegionTable {
+    /// The first region's start, where both maps begin.
+    base: u64,
+    /// log2 of the exact map's bucket size.
+    exact_shift: u32,
+    /// The host address of each exact-map bucket's first byte, or `NOT_EXACT`.
+    exact: [usize; EXACT],
     /// The largest region, checked before anything else.
     fast: Entry,
     fast_index: usize,
-    entries: Box<[Entry]>,
-    base: u64,
-    span: u64,
     shift: u32,
-    buckets: Box<[Bucket]>,
+    /// Search steps over a bucket's window: log2 of the most regions a bucket holds, at most
+    /// 3 (`WINDOW`).
+    steps: u32,
+    /// The first region reaching into each bucket, or'ed with `CROWDED` when more than
+    /// `WINDOW` do.
+    buckets: Box<[u32]>,
+    /// Every region's start, then `WINDOW - 1` copies of `u64::MAX`, so that a window of
+    /// `WINDOW` starts from any region is in bounds and its padding is never chosen.
+    starts: Box<[u64]>,
+    entries: Box<[Entry]>,
 }
-
-/// Most buckets per region: enough that evenly sized regions get one bucket each or better.
-const BUCKETS_PER_REGION: usize = 4;
-/// A ceiling on the table (8 bytes a bucket) whatever the region count.
-const MAX_BUCKETS: usize = 1 << 16;
 
 impl RegionTable {
     /// Builds the table. `entries` must be non-empty, sorted, non-overlapping, with
@@ -70,22 +96,25 @@ impl RegionTable {
         let span_bits = 64 - (span - 1).leading_zeros();
         let shift = span_bits.saturating_sub(wanted.trailing_zeros());
         let count = ((span - 1) >> shift) as usize + 1;
+        let mut most = 1;
         let buckets = (0..count as u64)
             .map(|b| {
                 let bucket_start = base + (b << shift);
                 // Saturates only for the last bucket of a span reaching the top of memory.
                 let bucket_end = bucket_start.saturating_add(1 << shift);
+                // The first region ending after the bucket's start, and how many start in it
+                // or before and reach into it. A bucket in a hole names the next region,
+                // which the bounds check then refuses.
                 let lo = entries
                     .partition_point(|e| e.start + e.len <= bucket_start)
                     .min(last);
-                let hi = entries
-                    .partition_point(|e| e.start < bucket_end)
-                    .saturating_sub(1)
-                    .max(lo);
-                Bucket {
-                    lo: lo as u32,
-                    hi: hi as u32,
+                let hi = entries.partition_point(|e| e.start < bucket_end);
+                let held = hi.saturating_sub(lo).max(1);
+                if held > WINDOW {
+                    return lo as u32 | CROWDED;
                 }
+                most = most.max(held);
+                lo as u32
             })
             .collect();
         // The first of the largest regions.
@@ -93,14 +122,23 @@ impl RegionTable {
             .rev()
             .max_by_key(|&i| entries[i].len)
             .unwrap_or(0);
+        let starts = entries
+            .iter()
+            .map(|e| e.start)
+            .chain([u64::MAX; WINDOW - 1])
+            .collect();
+        let (exact_shift, exact) = exact_map(entries, base, span);
         RegionTable {
+            base,
+            exact_shift,
+            exact,
             fast: entries[fast_index],
             fast_index,
-            entries: entries.into(),
-            base,
-            span,
             shift,
+            steps: most.next_power_of_two().trailing_zeros(),
             buckets,
+            starts,
+            entries: entries.into(),
         }
     }
 
@@ -113,26 +151,96 @@ impl RegionTable {
         self.find_in_buckets(addr)
     }
 
-    #[inline]
-    fn find_in_buckets(&self, addr: u64) -> Option<(usize, &Entry, u64)> {
-        let rel = addr.wrapping_sub(self.base);
-        if rel >= self.span {
-            return None;
+    /// The host address of `addr` when all of `addr..addr + len` lies in one region: the
+    /// question every access asks first.
+    #[inline(always)]
+    pub fn find_host(&self, addr: u64, len: u64) -> Option<usize> {
+        // The largest region first: one comparison decides both "in it" and "fits in it".
+        let offset = addr.wrapping_sub(self.fast.start);
+        if let Some(room) = self.fast.len.checked_sub(len) {
+            if offset <= room && offset < self.fast.len {
+                return Some(self.fast.host.wrapping_add(offset as usize));
+            }
         }
-        let Bucket { lo, hi } = self.buckets[(rel >> self.shift) as usize];
-        let index = if lo == hi {
-            lo as usize
+        let rel = addr.wrapping_sub(self.base);
+        // Below the base `rel` wraps to a huge value, whose bucket is past the map.
+        let bucket = rel.wrapping_shr(self.exact_shift);
+        if let Some(&host) = self
+            .exact
+            .get(usize::try_from(bucket).unwrap_or(usize::MAX))
+        {
+            // The access's last byte is in the same bucket (for a compile-time `len` of 1
+            // this folds away); one that wraps past the top lands in another.
+            let last = rel
+                .wrapping_add(len.max(1) - 1)
+                .wrapping_shr(self.exact_shift);
+            if host != NOT_EXACT && last == bucket {
+                let within = rel - bucket.wrapping_shl(self.exact_shift);
+                return Some(host.wrapping_add(within as usize));
+            }
+        }
+        self.find_host_indexed(addr, len)
+    }
+
+    /// [`find_host`](Self::find_host) for what the fast region and the exact map do not
+    /// cover: buckets that hold a region boundary, and accesses that cross a bucket's end.
+    /// Out of line and cold, so that a call site inlines only the few instructions of the
+    /// common case and keeps its own values in registers around them.
+    #[cold]
+    #[inline(never)]
+    fn find_host_indexed(&self, addr: u64, len: u64) -> Option<usize> {
+        let (_, entry, offset) = self.find_in_buckets(addr)?;
+        (len <= entry.len - offset).then(|| entry.host.wrapping_add(offset as usize))
+    }
+
+    #[inline(always)]
+    fn find_in_buckets(&self, addr: u64) -> Option<(usize, &Entry, u64)> {
+        // Below the base the subtraction wraps to an index past the table.
+        let rel = addr.wrapping_sub(self.base);
+        let bucket = *self.buckets.get(usize::try_from(rel >> self.shift).ok()?)?;
+        let index = if bucket & CROWDED == 0 {
+            self.search_window(bucket as usize, addr)
         } else {
-            self.search(lo as usize, hi as usize, addr)?
+            self.search_crowded((bucket & !CROWDED) as usize, addr)
         };
-        let entry = &self.entries[index];
+        let entry = self.entries.get(index)?;
         entry.offset_of(addr).map(|offset| (index, entry, offset))
     }
 
-    #[cold]
-    fn search(&self, lo: usize, hi: usize, addr: u64) -> Option<usize> {
-        let above = self.entries[lo..=hi].partition_point(|e| e.start <= addr);
-        above.checked_sub(1).map(|i| lo + i)
+    /// The last region among `first..first + WINDOW` that starts at or before `addr`, or
+    /// `first`: up to three halvings, each a conditional move rather than a branch (an
+    /// address-dependent branch would mispredict about half the time), and a branch only on
+    /// the table's depth, which is the same for every lookup.
+    #[inline(always)]
+    fn search_window(&self, first: usize, addr: u64) -> usize {
+        if self.steps == 0 {
+            return first;
+        }
+        let Some(window) = self.starts.get(first..first + WINDOW) else {
+            return first;
+        };
+        // `i + half` is at most 7 (4 + 2 + 1); a miss reads as "past `addr`".
+        let below = |j: usize| window.get(j).is_some_and(|&start| start <= addr);
+        let step =
+            |i: usize, half: usize| std::hint::select_unpredictable(below(i + half), i + half, i);
+        let i = match self.steps {
+            1 => step(0, 1),
+            2 => step(step(0, 2), 1),
+            _ => step(step(step(0, 4), 2), 1),
+        };
+        first + i
+    }
+
+    /// The region holding `addr` among the many that reach into a crowded bucket, from
+    /// `first` on: a binary search, which only layouts of tiny regions packed in a huge span
+    /// need.
+    #[inline]
+    fn search_crowded(&self, first: usize, addr: u64) -> usize {
+        let starts = self
+            .starts
+            .get(first..self.entries.len())
+            .unwrap_or_default();
+        first + starts.partition_point(|&s| s <= addr).saturating_sub(1)
     }
 
     /// How many buckets the table holds (for tests of its size bound).
@@ -142,13 +250,57 @@ impl RegionTable {
     }
 }
 
+/// The exact map of a layout: the finest power-of-two bucket size that cuts `span` into at
+/// most [`EXACT`] buckets, and for each bucket the host address of its first byte if the
+/// whole bucket lies in one region, else [`NOT_EXACT`]. Buckets past the span are
+/// [`NOT_EXACT`] too.
+fn exact_map(entries: &[Entry], base: u64, span: u64) -> (u32, [usize; EXACT]) {
+    // The smallest shift with (span - 1) >> shift < EXACT: the finest buckets the map has
+    // room for...
+    let span_bits = 64 - (span - 1).leading_zeros();
+    let finest = span_bits.saturating_sub(EXACT.trailing_zeros());
+    // ...but no finer than every region boundary needs: fewer, larger buckets keep the map's
+    // part in use to a few cache lines, which stay cached however many misses the accesses
+    // themselves cause.
+    let boundaries = entries
+        .iter()
+        .flat_map(|e| [e.start - base, e.start - base + e.len])
+        .fold(0u64, |acc, b| acc | b);
+    let aligned = boundaries.trailing_zeros().min(63);
+    let shift = aligned.max(finest);
+    let mut exact = [NOT_EXACT; EXACT];
+    for (b, slot) in exact.iter_mut().enumerate() {
+        let Some(start) = (b as u64)
+            .checked_shl(shift)
+            .and_then(|off| base.checked_add(off))
+        else {
+            break;
+        };
+        if start - base >= span {
+            break;
+        }
+        // The region holding the bucket's first byte, and whether it reaches its last.
+        let i = entries.partition_point(|e| e.start <= start);
+        let Some(e) = i.checked_sub(1).map(|i| &entries[i]) else {
+            continue;
+        };
+        let last = start + ((1u64 << shift) - 1);
+        if e.offset_of(start).is_some() && e.offset_of(last).is_some() {
+            *slot = e.host.wrapping_add((start - e.start) as usize);
+        }
+    }
+    (shift, exact)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The obvious answer, for comparison.
+    /// The obvious answer, for comparison: the last range starting at or before `addr`, if it
+    /// holds `addr` (`ranges` are sorted, so std's binary search finds it).
     fn linear(ranges: &[(u64, u64)], addr: u64) -> Option<usize> {
-        ranges.iter().position(|&(s, e)| s <= addr && addr < e)
+        let i = ranges.partition_point(|&(s, _)| s <= addr).checked_sub(1)?;
+        (addr < ranges[i].1).then_some(i)
     }
 
     fn table(ranges: &[(u64, u64)]) -> RegionTable {
@@ -170,7 +322,30 @@ mod tests {
         Some(index)
     }
 
+    /// The obvious answer to `find_host`: the host address of `addr` if one region holds
+    /// all of `addr..addr + len`.
+    fn linear_host(ranges: &[(u64, u64)], addr: u64, len: u64) -> Option<usize> {
+        let (s, e) = ranges[linear(ranges, addr)?];
+        (len <= e - addr).then(|| (s as usize ^ 0x5a5a).wrapping_add((addr - s) as usize))
+    }
+
+    fn check_host(table: &RegionTable, ranges: &[(u64, u64)], addr: u64) {
+        for len in [0, 1, 2, 8, 4096, 1 << 20] {
+            assert_eq!(
+                table.find_host(addr, len),
+                linear_host(ranges, addr, len),
+                "addr {addr:#x} len {len:#x} in {ranges:x?}"
+            );
+        }
+    }
+
     fn check_all_edges(ranges: &[(u64, u64)]) {
+        check_edges(ranges, true);
+    }
+
+    /// Probes the edges of every region (and, with `exact_edges`, of every exact-map bucket)
+    /// against the obvious answers.
+    fn check_edges(ranges: &[(u64, u64)], exact_edges: bool) {
         let table = table(ranges);
         assert!(table.bucket_count() <= (ranges.len() * 4).next_power_of_two().min(MAX_BUCKETS));
         let mut probes = vec![0, 1, u64::MAX, u64::MAX - 1];
@@ -185,12 +360,19 @@ mod tests {
                 e.wrapping_add(1),
             ]);
         }
+        // And both sides of every exact-map bucket boundary.
+        for b in (0..=EXACT as u64).filter(|_| exact_edges) {
+            if let Some(at) = (b << table.exact_shift).checked_add(table.base) {
+                probes.extend([at.wrapping_sub(8), at.wrapping_sub(1), at]);
+            }
+        }
         for addr in probes {
             assert_eq!(
                 find(&table, addr),
                 linear(ranges, addr),
                 "addr {addr:#x} in {ranges:x?}"
             );
+            check_host(&table, ranges, addr);
         }
     }
 
@@ -227,6 +409,25 @@ mod tests {
     }
 
     #[test]
+    fn vmm_layouts_are_wholly_in_the_exact_map() {
+        let gib = 1u64 << 30;
+        for ranges in [
+            vec![(0, 64 << 20)],
+            vec![(0, 3 * gib), (4 * gib, 6 * gib)],
+            (0..64)
+                .map(|i| (i * (8 << 20), i * (8 << 20) + (4 << 20)))
+                .collect(),
+        ] {
+            let table = table(&ranges);
+            let covered = table.exact.iter().filter(|&&h| h != NOT_EXACT).count() as u64;
+            let bucket = 1u64 << table.exact_shift;
+            let bytes: u64 = ranges.iter().map(|&(s, e)| e - s).sum();
+            assert_eq!(covered * bucket, bytes, "{ranges:x?}");
+            check_all_edges(&ranges);
+        }
+    }
+
+    #[test]
     fn many_even_regions() {
         for n in [2u64, 3, 64, 1000, 1024, 20000] {
             let ranges: Vec<(u64, u64)> = (0..n)
@@ -255,11 +456,12 @@ mod tests {
                 ranges.push((cur, cur + len));
                 cur += len + gap;
             }
-            check_all_edges(&ranges);
+            check_edges(&ranges, false);
             let table = table(&ranges);
             for _ in 0..2000 {
                 let addr = rng.random_range(ranges[0].0.saturating_sub(10)..cur + 10);
                 assert_eq!(find(&table, addr), linear(&ranges, addr));
+                check_host(&table, &ranges, addr);
             }
         }
     }
