@@ -400,8 +400,8 @@ impl Tube {
     /// or `POLLRDHUP`; one still connected shows neither, so its zero bytes were a packet.
     ///
     /// A peer gone may still have packets queued behind an empty one (the kernel answers
-    /// end-of-stream only once the queue is empty), so a queued non-empty packet also means the
-    /// zero bytes were a packet. An empty packet followed only by more empty ones and the
+    /// end-of-stream only once the queue is empty), so bytes queued anywhere behind it
+    /// (`SIOCINQ` counts them all on a seqpacket socket) also mean the zero bytes were a packet. An empty packet followed only by more empty ones and the
     /// peer's close reads as end-of-stream: nothing of it could have been decoded anyway.
     fn at_end_of_stream(&self) -> Result<bool> {
         let fd = self.socket.as_raw_descriptor();
@@ -424,19 +424,12 @@ impl Tube {
         if poll.revents & (libc::POLLHUP | libc::POLLRDHUP) == 0 {
             return Ok(false);
         }
-        let mut byte = 0u8;
-        // SAFETY: recv writes at most one byte, into `byte`, which lives across the call. A
-        // peek dequeues nothing, and without a control buffer the kernel installs no
-        // descriptor of a peeked packet.
-        let peeked = unsafe {
-            libc::recv(
-                fd,
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        Ok(peeked <= 0)
+        // On a SOCK_SEQPACKET socket SIOCINQ (FIONREAD) counts the bytes of every queued packet, so a
+        // non-zero count means packets with bytes are still queued behind the empty one.
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, into `queued`, which lives across the call.
+        let ret = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        Ok(ret < 0 || queued <= 0)
     }
 
     /// Sets how long a receive waits before [`Error::Timeout`]; `None` waits forever.

@@ -57,10 +57,12 @@ pub enum VolatileMemoryError {
         /// Its length.
         count: usize,
     },
-    /// The address is not aligned as the object's type requires.
-    #[error("address {addr:#x} is not aligned to {align} bytes")]
+    /// The offset is not aligned as the object's type requires.
+    #[error("offset {offset:#x} (at host address {addr:#x}) is not aligned to {align} bytes")]
     Unaligned {
-        /// The host address.
+        /// The offset the caller gave.
+        offset: usize,
+        /// The host address it falls on.
         addr: usize,
         /// The alignment required.
         align: usize,
@@ -338,6 +340,7 @@ impl<'a> VolatileSlice<'a> {
         };
         if !(ptr as usize).is_multiple_of(align) {
             return Err(VolatileMemoryError::Unaligned {
+                offset,
                 addr: ptr as usize,
                 align,
             });
@@ -645,7 +648,11 @@ mod tests {
         let addr = s.as_ptr() as usize + 3;
         assert_eq!(
             s.read_obj_volatile::<u64>(3).unwrap_err(),
-            VolatileMemoryError::Unaligned { addr, align: 8 }
+            VolatileMemoryError::Unaligned {
+                offset: 3,
+                addr,
+                align: 8
+            }
         );
         assert_eq!(
             s.write_obj_volatile([0u8; 3], 0).unwrap_err(),

@@ -818,3 +818,123 @@ fn mergeable_advice_reaches_the_kernel() {
     }
     m.write_obj(1u64, 0).unwrap();
 }
+
+#[test]
+fn a_mapped_memfd_cannot_be_shrunk_by_anyone() {
+    // Found in review: a clone of the memfd's descriptor could truncate it under the mapping,
+    // and the next safe read raised SIGBUS. Mapping now seals it against shrinking.
+    use std::os::fd::AsFd;
+    let shm = SharedMemory::new("sealed by mapping", 2 * PAGE as u64).unwrap();
+    // A refused mapping leaves the memfd as it was.
+    let err = MemoryMappingBuilder::new(4 * PAGE)
+        .from_shared_memory(&shm)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::FileTooShort { .. }), "{err}");
+    assert!(!shm.get_seals().unwrap().shrink_seal());
+    let m = MemoryMappingBuilder::new(2 * PAGE)
+        .from_shared_memory(&shm)
+        .build()
+        .unwrap();
+    assert!(shm.get_seals().unwrap().shrink_seal());
+    let clone = File::from(base::SafeDescriptor::try_clone_borrowed(shm.as_fd()).unwrap());
+    assert_eq!(
+        clone.set_len(0).unwrap_err().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    assert_eq!(m.read_obj::<u64>(PAGE).unwrap(), 0);
+    // A memfd that refuses seals is mapped as it is (like a regular file, it is the caller's
+    // to keep whole).
+    let locked = SharedMemory::new("refuses seals", PAGE as u64).unwrap();
+    let mut seal = MemfdSeals::new();
+    seal.set_seal_seal();
+    locked.add_seals(seal).unwrap();
+    MemoryMappingBuilder::new(PAGE)
+        .from_shared_memory(&locked)
+        .build()
+        .unwrap();
+    assert!(!locked.get_seals().unwrap().shrink_seal());
+}
+
+#[test]
+fn dev_zero_maps_only_at_offset_zero() {
+    // Found in review: a shared /dev/zero mapping is a new shmem object as large as the
+    // mapping, so at an offset its later pages raised SIGBUS.
+    let zero = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/zero")
+        .unwrap();
+    let fd = zero.as_raw_descriptor();
+    for offset in [PAGE as u64, 1 << 20] {
+        let err = MemoryMappingBuilder::new(2 * PAGE)
+            .from_file(&zero)
+            .offset(offset)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::DeviceOffset { fd: f, offset: o } if f == fd && o == offset),
+            "{err}"
+        );
+    }
+    let m = MemoryMappingBuilder::new(2 * PAGE)
+        .from_file(&zero)
+        .build()
+        .unwrap();
+    m.write_obj(1u8, PAGE).unwrap();
+    let mut arena = base::MemoryMappingArena::new(4 * PAGE).unwrap();
+    let err = arena
+        .add_fd_offset(0, PAGE, &zero, PAGE as u64)
+        .unwrap_err();
+    assert!(matches!(err, Error::DeviceOffset { .. }), "{err}");
+}
+
+#[test]
+fn remove_never_punches_file_bytes_past_a_partial_last_page() {
+    // Found in review: MADV_REMOVE of a 4096+100-byte mapping's last 100 bytes punched out
+    // the file's bytes 4196..8192, which the mapping never claimed.
+    let file = common::temp_file(2 * PAGE as u64);
+    file.write_all_at(&[0xaa; 2 * PAGE], 0).unwrap();
+    let size = PAGE + 100;
+    let m = MemoryMappingBuilder::new(size)
+        .from_file(&file)
+        .build()
+        .unwrap();
+    let region: &dyn MappedRegion = &m;
+    for (offset, count) in [(PAGE, 100), (0, size)] {
+        let err = region
+            .madvise(offset, count, libc::MADV_REMOVE)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidAddress { offset: o, size: s, .. } if o == offset && s == count),
+            "{err}"
+        );
+        let err = m.remove_range(offset, count).unwrap_err();
+        assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
+    }
+    // Whole pages inside it can go; advice that keeps the data may round.
+    region.madvise(0, PAGE, libc::MADV_REMOVE).unwrap();
+    region.madvise(PAGE, 100, libc::MADV_DONTNEED).unwrap();
+    let mut back = vec![0u8; 2 * PAGE];
+    file.read_exact_at(&mut back, 0).unwrap();
+    assert!(back[..PAGE].iter().all(|&b| b == 0));
+    assert!(back[PAGE..].iter().all(|&b| b == 0xaa));
+}
+
+#[test]
+fn unaligned_volatile_errors_name_the_callers_offset() {
+    let m = MemoryMappingBuilder::new(PAGE).build().unwrap();
+    let err = m.read_obj_volatile::<u64>(3).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Volatile(VolatileMemoryError::Unaligned {
+                offset: 3,
+                align: 8,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("offset 0x3"), "{err}");
+}

@@ -274,6 +274,21 @@ fn empty_packets_are_refused_not_mistaken_for_disconnection() {
         let err = b.recv::<Request>().unwrap_err();
         assert!(matches!(err, Error::Disconnected), "{err}");
     }
+    // Two empty packets, then a message, then the close: the message is still found behind
+    // both (found in review: a one-packet peek took the second empty one for the end).
+    let (a, b) = Tube::pair().unwrap();
+    let raw = Raw(a.as_raw_descriptor());
+    raw.send_with_fds(&[empty], &no_fds).unwrap();
+    raw.send_with_fds(&[empty], &no_fds).unwrap();
+    a.send(&Request::Ping).unwrap();
+    drop(a);
+    for _ in 0..2 {
+        let err = b.recv::<Request>().unwrap_err();
+        assert!(matches!(err, Error::EmptyPacket), "{err}");
+    }
+    assert_eq!(b.recv::<Request>().unwrap(), Request::Ping);
+    let err = b.recv::<Request>().unwrap_err();
+    assert!(matches!(err, Error::Disconnected), "{err}");
 }
 
 #[test]

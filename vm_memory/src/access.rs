@@ -217,9 +217,13 @@ impl GuestMemory {
     pub fn read_obj_from_addr_volatile<T: FromBytes>(&self, addr: GuestAddress) -> Result<T> {
         check_volatile_obj::<T>(addr)?;
         match self.single_region_slice(addr, size_of::<T>()) {
-            Some(slice) => slice
+            // The guest address was checked; an object of up to 8 bytes is then aligned in
+            // the host too (host and guest agree within a page). A larger one needs no host
+            // alignment for untorn pieces, and a type aligned beyond a page may not have it.
+            Some(slice) if size_of::<T>() <= 8 => slice
                 .read_obj_volatile(0)
                 .map_err(|e| volatile_error(addr, e)),
+            Some(slice) => slice.read_obj(0).map_err(|e| volatile_error(addr, e)),
             None => self.read_obj_across(addr),
         }
     }
@@ -234,9 +238,11 @@ impl GuestMemory {
     ) -> Result<()> {
         check_volatile_obj::<T>(addr)?;
         match self.single_region_slice(addr, size_of::<T>()) {
-            Some(slice) => slice
+            // As in `read_obj_from_addr_volatile`.
+            Some(slice) if size_of::<T>() <= 8 => slice
                 .write_obj_volatile(val, 0)
                 .map_err(|e| volatile_error(addr, e)),
+            Some(slice) => slice.write_obj(val, 0).map_err(|e| volatile_error(addr, e)),
             None => self.write_obj_across(val.as_bytes(), addr),
         }
     }

@@ -92,6 +92,16 @@ pub enum Error {
     /// No regions were given.
     #[error("guest memory needs at least one region")]
     NoRegions,
+    /// A `SharedMemory` that refuses a shrink seal (created without `MFD_ALLOW_SEALING`, or
+    /// sealed with `F_SEAL_SEAL` first). Guest memory over a memfd that someone could truncate
+    /// would raise SIGBUS in the VMM on its next access.
+    #[error("region at {addr}: its memfd cannot be sealed against shrinking (seals {seals:?})")]
+    NotSealable {
+        /// The region's guest address.
+        addr: GuestAddress,
+        /// The seals the memfd has.
+        seals: base::MemfdSeals,
+    },
     /// A range lies in guest memory but spans two regions, so it has no single host address.
     #[error("range {addr}+{len:#x} spans more than one region")]
     RangeSpansRegions {
@@ -132,18 +142,26 @@ pub enum Error {
         /// The previous region's address.
         prev_addr: GuestAddress,
     },
-    /// A caller's memfd could not be sealed against shrinking. Guest memory over a memfd that
-    /// someone could truncate would raise SIGBUS in the VMM on its next access.
-    #[error("region at {addr}: cannot seal its memfd against shrinking: {source}")]
+    /// The seals of a region's memfd could not be read.
+    #[error("region at {addr}: cannot read the seals of its memfd: {source}")]
     SealFailed {
         /// The region's guest address.
         addr: GuestAddress,
         /// What `base` answered.
         source: base::shm::Error,
     },
-    /// RAM regions add up to more than a memfd can hold.
-    #[error("guest RAM adds up to more than {max:#x} bytes", max = i64::MAX)]
-    TooMuchMemory,
+    /// RAM regions, each at an offset of the memfd aligned as its mapping is, add up to more
+    /// than a memfd can hold.
+    #[error(
+        "guest RAM up to the region at {addr} (host alignment {align:#x}) adds up to more than {max:#x} bytes",
+        max = i64::MAX
+    )]
+    TooMuchMemory {
+        /// The region at which the total passes the limit.
+        addr: GuestAddress,
+        /// Its host alignment.
+        align: u64,
+    },
     /// A guest address is not page-aligned.
     #[error("region address {addr} is not aligned to the page size {page:#x}")]
     UnalignedAddress {

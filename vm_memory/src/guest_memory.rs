@@ -68,14 +68,17 @@ impl GuestMemory {
                 ram_offsets.push(None);
                 continue;
             }
-            let offset = ram_size
-                .checked_next_multiple_of(align.max(page))
-                .ok_or(Error::TooMuchMemory)?;
+            let too_much = Error::TooMuchMemory { addr: *addr, align };
+            let offset = ram_size.checked_next_multiple_of(align.max(page));
+            let end = offset.and_then(|o| o.checked_add(*size));
+            let (Some(offset), Some(end)) = (offset, end) else {
+                return Err(too_much);
+            };
+            if end > i64::MAX as u64 {
+                return Err(too_much);
+            }
             ram_offsets.push(Some(offset));
-            ram_size = offset.checked_add(*size).ok_or(Error::TooMuchMemory)?;
-        }
-        if ram_size > i64::MAX as u64 {
-            return Err(Error::TooMuchMemory);
+            ram_size = end;
         }
         let shm = if ram_size > 0 {
             let shm =

@@ -25,11 +25,16 @@ pub enum MemoryRegionPurpose {
 /// they are durable).
 ///
 /// The file may be a regular file, a memfd, a block device or a character device that can be
-/// mapped (`/dev/zero`, a DAX device). A regular file, memfd or block device must reach the
-/// region's end when the region is made. A memfd is then sealed against shrinking. A regular
-/// file cannot be sealed: if another process truncates it below the region's end, the VMM's
-/// next access to a page past the new end raises SIGBUS (the kernel's rule for every shared
-/// file mapping), so give guest memory only files that nobody else may truncate.
+/// mapped (`/dev/zero` at offset 0, a DAX device). A regular file, memfd or block device must
+/// reach the region's end when the region is made, and so must a character device that
+/// reports a size in sysfs. A memfd that allows seals is then sealed against shrinking. A
+/// regular file (or a memfd or tmpfs file that refuses seals) cannot be: if anyone, this
+/// process included (through this `Arc<File>` or [`GuestMemory::shm_region`]), truncates it
+/// below the region's end, the VMM's next access to a page past the new end raises SIGBUS
+/// (the kernel's rule for every shared file mapping). Give guest memory only files that
+/// nobody may truncate.
+///
+/// [`GuestMemory::shm_region`]: crate::GuestMemory::shm_region
 #[derive(Clone, Debug)]
 pub struct FileBackedMapping {
     /// The file, opened read-write.

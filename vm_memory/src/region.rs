@@ -7,9 +7,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
-use base::{
-    MemfdSeals, MemoryMapping, MemoryMappingBuilder, SafeDescriptor, SharedMemory, VolatileSlice,
-};
+use base::{MemoryMapping, MemoryMappingBuilder, SharedMemory, VolatileSlice};
 
 use crate::{Error, GuestAddress, MemoryRegionOptions, Result};
 
@@ -43,8 +41,8 @@ pub struct MemoryRegion {
 
 impl MemoryRegion {
     /// A region of `size` bytes at `guest_base` mapped from `shm` at `offset`. The memfd is
-    /// sealed against shrinking first ([`Error::SealFailed`] if it does not allow that), so
-    /// that nobody can truncate it under the mapping.
+    /// sealed against shrinking as it is mapped, so that nobody can truncate it under the
+    /// mapping; one that refuses seals is refused ([`Error::NotSealable`]).
     pub fn new_from_shm(
         size: u64,
         guest_base: GuestAddress,
@@ -164,9 +162,9 @@ pub(crate) fn map_region(
             size,
         });
     }
-    seal_against_shrinking(addr, &backing)?;
     // `base` refuses a regular file, memfd or block device that ends before the region does
-    // (a page past the end would SIGBUS on first touch); a character device has no such size.
+    // (a page past the end would SIGBUS on first touch), and seals a memfd that allows seals
+    // against shrinking.
     let mapping = MemoryMappingBuilder::new(size as usize)
         .from_descriptor(&backing)
         .offset(backing_offset)
@@ -181,6 +179,16 @@ pub(crate) fn map_region(
             },
             source => Error::MappingFailed { addr, source },
         })?;
+    // A `SharedMemory` is guest memory's own kind of backing: it must not be able to shrink.
+    // (A file that cannot be sealed is the caller's to keep whole; see `FileBackedMapping`.)
+    if let RegionBacking::SharedMemory(shm) = &backing {
+        let seals = shm
+            .get_seals()
+            .map_err(|source| Error::SealFailed { addr, source })?;
+        if !seals.shrink_seal() {
+            return Err(Error::NotSealable { addr, seals });
+        }
+    }
     if options.hugepages {
         mapping
             .use_hugepages()
@@ -193,36 +201,4 @@ pub(crate) fn map_region(
         backing_offset,
         options,
     })
-}
-
-/// Seals a memfd backing against shrinking, so that no holder of it can truncate guest
-/// memory under the VMM. Other files cannot be sealed and are left as they are.
-fn seal_against_shrinking(addr: GuestAddress, backing: &RegionBacking) -> Result<()> {
-    let seal = |memfd: &SharedMemory| {
-        let sealed = |source| Error::SealFailed { addr, source };
-        // A memfd sealed with F_SEAL_SEAL refuses even a seal it already has.
-        if memfd.get_seals().map_err(sealed)?.shrink_seal() {
-            return Ok(());
-        }
-        let mut shrink = MemfdSeals::new();
-        shrink.set_shrink_seal();
-        memfd.add_seals(shrink).map_err(sealed)
-    };
-    match backing {
-        RegionBacking::SharedMemory(shm) => seal(shm),
-        RegionBacking::File(file) => {
-            let copy = SafeDescriptor::try_clone_borrowed(file.as_fd()).map_err(|e| {
-                Error::SealFailed {
-                    addr,
-                    source: base::shm::Error::Clone(e),
-                }
-            })?;
-            match SharedMemory::from_safe_descriptor(copy) {
-                Ok(memfd) => seal(&memfd),
-                // Not a memfd: a regular file or a device, which has no seals.
-                Err(base::shm::Error::NotMemfd { .. }) => Ok(()),
-                Err(source) => Err(Error::SealFailed { addr, source }),
-            }
-        }
-    }
 }

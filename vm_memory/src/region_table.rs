@@ -170,11 +170,11 @@ impl RegionTable {
             .get(usize::try_from(bucket).unwrap_or(usize::MAX))
         {
             // The access's last byte is in the same bucket (for a compile-time `len` of 1
-            // this folds away); one that wraps past the top lands in another.
+            // this folds away); a length that would wrap past the top is never in it.
             let last = rel
-                .wrapping_add(len.max(1) - 1)
-                .wrapping_shr(self.exact_shift);
-            if host != NOT_EXACT && last == bucket {
+                .checked_add(len.max(1) - 1)
+                .map(|end| end.wrapping_shr(self.exact_shift));
+            if host != NOT_EXACT && last == Some(bucket) {
                 let within = rel - bucket.wrapping_shl(self.exact_shift);
                 return Some(host.wrapping_add(within as usize));
             }
@@ -284,7 +284,10 @@ fn exact_map(entries: &[Entry], base: u64, span: u64) -> (u32, [usize; EXACT]) {
         let Some(e) = i.checked_sub(1).map(|i| &entries[i]) else {
             continue;
         };
-        let last = start + ((1u64 << shift) - 1);
+        // A bucket reaching past the top of the address space is never exact.
+        let Some(last) = start.checked_add((1u64 << shift) - 1) else {
+            break;
+        };
         if e.offset_of(start).is_some() && e.offset_of(last).is_some() {
             *slot = e.host.wrapping_add((start - e.start) as usize);
         }
@@ -330,7 +333,17 @@ mod tests {
     }
 
     fn check_host(table: &RegionTable, ranges: &[(u64, u64)], addr: u64) {
-        for len in [0, 1, 2, 8, 4096, 1 << 20] {
+        for len in [
+            0,
+            1,
+            2,
+            8,
+            4096,
+            1 << 20,
+            u64::MAX,
+            u64::MAX - 0xfff,
+            1 << 63,
+        ] {
             assert_eq!(
                 table.find_host(addr, len),
                 linear_host(ranges, addr, len),

@@ -25,10 +25,22 @@ fn disk_file() -> Result<Arc<File>, String> {
         .into_file();
     file.set_len(LEN).unwrap();
     match cachestat(file.as_fd(), 0, 0) {
-        Ok(_) => Ok(Arc::new(file)),
-        Err(CacheError::Unsupported) => Err("this kernel has no cachestat(2)".to_owned()),
+        Ok(_) => {}
+        Err(CacheError::Unsupported) => return Err("this kernel has no cachestat(2)".to_owned()),
         Err(e) => panic!("{e}"),
     }
+    // SAFETY: fstatfs writes one statfs into the zeroed struct we pass.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the descriptor is ours.
+    let ret = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&file), &mut fs) };
+    assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
+    if fs.f_type == libc::TMPFS_MAGIC {
+        return Err(format!(
+            "{} is tmpfs, which has no writeback",
+            dir.display()
+        ));
+    }
+    Ok(Arc::new(file))
 }
 
 fn dirty(file: &File) -> u64 {

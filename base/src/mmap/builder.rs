@@ -17,6 +17,14 @@ use crate::shm::SharedMemory;
 /// Builds a [`MemoryMapping`]: anonymous shared memory by default, or a shared mapping of a
 /// file, a [`SharedMemory`] or any descriptor.
 ///
+/// A mapping never reaches past the end of what backs it: a regular file, memfd or block
+/// device shorter than the range is refused ([`Error::FileTooShort`]), since touching a page
+/// past the end would raise SIGBUS. A memfd that allows seals is sealed against shrinking as
+/// it is mapped, so that no holder of it can make it short later. A regular file (or a memfd
+/// or tmpfs file that refuses seals) cannot be protected so: truncating it while it is mapped,
+/// by any process including this one, makes the next access to a page past the new end raise
+/// SIGBUS. Map only such files that nobody may truncate.
+///
 /// ```
 /// use base::{MemoryMappingBuilder, Protection, SharedMemory};
 /// let shm = SharedMemory::new("example", 2 << 20).unwrap();
@@ -304,7 +312,8 @@ pub(super) struct MapRequest {
 
 impl MapRequest {
     /// Refuses what `mmap` would refuse or turn into a SIGBUS later: offsets past `off_t`,
-    /// unaligned offsets, closed descriptors, and regular files shorter than the range.
+    /// unaligned offsets, closed descriptors, files, memfds and devices that end before the
+    /// range does, and `/dev/zero` at an offset. Seals a memfd against shrinking.
     pub fn check(&self) -> Result<()> {
         if self.populate && self.protection == Protection::none() {
             return Err(Error::PopulateWithoutAccess);
@@ -333,18 +342,27 @@ impl MapRequest {
             });
         }
         let end = self.offset + self.size as u64;
-        if let Some(file_size) = backing_size(fd)? {
-            if file_size < end {
-                return Err(Error::FileTooShort {
-                    fd,
-                    file_size,
-                    offset: self.offset,
-                    size: self.size,
-                    end,
-                });
-            }
+        self.check_backing_size(fd, end)?;
+        // A memfd that allows seals is sealed against shrinking, so that nobody holding it
+        // (this process included) can truncate it under the mapping; then its size is read
+        // again, in case it shrank before the seal.
+        if seal_against_shrinking(fd)? {
+            self.check_backing_size(fd, end)?;
         }
         Ok(())
+    }
+
+    fn check_backing_size(&self, fd: RawDescriptor, end: u64) -> Result<()> {
+        match backing_size(fd, self.offset)? {
+            Some(file_size) if file_size < end => Err(Error::FileTooShort {
+                fd,
+                file_size,
+                offset: self.offset,
+                size: self.size,
+                end,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Maps the request at `addr` (replacing what is there when `fixed`), or anywhere for a
@@ -403,13 +421,15 @@ fn fstat(fd: RawDescriptor) -> Result<libc::stat> {
     Ok(unsafe { stat.assume_init() })
 }
 
-/// How many bytes `fd` can back: the size of a regular file or memfd, of a block device,
-/// or `None` for what has no such bound (character devices such as `/dev/zero` or DAX
-/// devices, whose driver refuses a mapping it cannot back).
+/// How many bytes `fd` can back: the size of a regular file or memfd, of a block device, or
+/// of a character device that reports one in sysfs (a DAX device); `None` for a character
+/// device that has no size (its driver decides what it can map).
 ///
 /// A page wholly past the end of a file raises SIGBUS when touched, so mapping one is refused
 /// even for a memfd that could still grow: whoever holds it could equally shrink it.
-fn backing_size(fd: RawDescriptor) -> Result<Option<u64>> {
+/// `/dev/zero` backs a shared mapping with a new shmem object exactly as large as the mapping
+/// while keeping the offset, so any offset but 0 would SIGBUS: it is refused.
+fn backing_size(fd: RawDescriptor, offset: u64) -> Result<Option<u64>> {
     vmm_sys_util::ioctl_ior_nr!(BLKGETSIZE64, 0x12, 114, u64);
     let stat = fstat(fd)?;
     match stat.st_mode & libc::S_IFMT {
@@ -428,8 +448,37 @@ fn backing_size(fd: RawDescriptor) -> Result<Option<u64>> {
             }
             Ok(Some(size))
         }
+        libc::S_IFCHR => {
+            let (major, minor) = (libc::major(stat.st_rdev), libc::minor(stat.st_rdev));
+            if (major, minor) == DEV_ZERO && offset != 0 {
+                return Err(Error::DeviceOffset { fd, offset });
+            }
+            let size = std::fs::read_to_string(format!("/sys/dev/char/{major}:{minor}/size"));
+            Ok(size.ok().and_then(|s| s.trim().parse().ok()))
+        }
         _ => Ok(None),
     }
+}
+
+/// `/dev/zero`'s device number (`mem` major 1, minor 5).
+const DEV_ZERO: (libc::c_uint, libc::c_uint) = (1, 5);
+
+/// Adds `F_SEAL_SHRINK` to a memfd that allows seals and lacks it. Answers whether it added
+/// one; other descriptors (and memfds or tmpfs files that refuse seals) are left as they are.
+fn seal_against_shrinking(fd: RawDescriptor) -> Result<bool> {
+    // SAFETY: F_GET_SEALS only reads the seal set; on what is not a memfd it fails with EINVAL.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    if seals < 0 || seals & (libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK) != 0 {
+        return Ok(false);
+    }
+    // SAFETY: F_ADD_SEALS only adds to the seal set of the descriptor; it touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } < 0 {
+        return Err(Error::Seal {
+            fd,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(true)
 }
 
 /// A borrowed descriptor number for vmm-sys-util's ioctl helpers.

@@ -43,6 +43,15 @@ pub enum Error {
     /// A cache flush failed.
     #[error("cache flush failed: {0}")]
     Cache(#[from] cache::Error),
+    /// `/dev/zero` at an offset other than 0: its shared mappings are backed by a new object
+    /// exactly as large as the mapping, so the pages at any other offset would SIGBUS.
+    #[error("descriptor {fd} is /dev/zero, which can only be mapped shared at offset 0, not {offset:#x}")]
+    DeviceOffset {
+        /// The descriptor.
+        fd: RawDescriptor,
+        /// The offset asked for.
+        offset: u64,
+    },
     /// A regular file, memfd or block device ends before the range to map does: touching
     /// the part past its end would raise SIGBUS.
     #[error(
@@ -200,6 +209,14 @@ pub enum Error {
         /// What the kernel answered.
         source: std::io::Error,
     },
+    /// A memfd that allows seals could not be sealed against shrinking.
+    #[error("cannot seal memfd {fd} against shrinking before mapping it: {source}")]
+    Seal {
+        /// The memfd.
+        fd: RawDescriptor,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
     /// A syscall on an existing mapping failed.
     #[error("{call} on range {offset:#x}+{size:#x} failed: {source}")]
     SystemCall {
@@ -237,6 +254,7 @@ impl Error {
             Error::SystemCall { source, .. }
             | Error::Madvise { source, .. }
             | Error::Reserve { source, .. }
+            | Error::Seal { source, .. }
             | Error::Mmap { source, .. }
             | Error::BadDescriptor { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::MappingOverlap { .. } => libc::EEXIST,
@@ -528,6 +546,7 @@ impl MemoryMapping {
         let Some(len) = check_page_range(offset, count, self.size)? else {
             return Ok(());
         };
+        check_destructive_rounding(offset, count, len, self.size, advice)?;
         // SAFETY: the range lies inside our own mapping (checked above), whose whole pages are
         // ours, and `madvise_range` takes only allowed advice.
         unsafe { madvise_range(self.addr.add(offset), offset, len, advice) }
@@ -585,6 +604,27 @@ pub(crate) fn check_page_range(
     }
     // `offset + size <= region_size`, whose page rounding is mapped, so this cannot overflow.
     Ok(Some(round_up_to_page(size).unwrap_or(size)))
+}
+
+/// Refuses `MADV_REMOVE` whose length, rounded up to whole pages, passes the region's end: the
+/// rest of a partial last page is the region's memory but, in the file behind it, bytes the
+/// region never claimed, which a hole punch would destroy. (`len` is `count` rounded.)
+pub(crate) fn check_destructive_rounding(
+    offset: usize,
+    count: usize,
+    len: usize,
+    region_size: usize,
+    advice: libc::c_int,
+) -> Result<()> {
+    if advice == libc::MADV_REMOVE && offset.saturating_add(len) > region_size {
+        return Err(Error::InvalidAddress {
+            offset,
+            size: count,
+            region_size,
+            why: "MADV_REMOVE of a partial last page would punch out file bytes past the region",
+        });
+    }
+    Ok(())
 }
 
 /// Checks that `offset..offset + size` lies inside `region_size` bytes, without overflow.

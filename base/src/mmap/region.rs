@@ -97,6 +97,7 @@ impl<'a> dyn MappedRegion + 'a {
         let Some(len) = check_page_range(offset, size, self.size())? else {
             return Ok(());
         };
+        super::check_destructive_rounding(offset, size, len, self.size(), advice)?;
         let base = self.as_ptr();
         self.for_each_mapped_range(offset, len, &mut |start, len| {
             // SAFETY: `start..start + len` is a mapped part of this region's own pages, as the
