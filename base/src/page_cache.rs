@@ -40,6 +40,14 @@ pub enum Error {
         /// Its length.
         len: u64,
     },
+    /// `fstatfs` failed.
+    #[error("fstatfs of descriptor {fd} failed: {source}")]
+    Statfs {
+        /// The descriptor.
+        fd: i32,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
     /// This kernel has no `cachestat` (before Linux 6.5).
     #[error("this kernel has no cachestat(2) (Linux 6.5 or later is needed)")]
     Unsupported,
@@ -136,6 +144,25 @@ pub fn cachestat(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<CacheStat>
     })
 }
 
+/// Whether the filesystem holding `fd` writes dirty pages back to storage, which is what
+/// makes a dirty count the proof of an msync. Not on tmpfs or ramfs: their pages are the
+/// file, stay dirty, and an msync has nothing to write them to.
+pub fn has_writeback(fd: BorrowedFd<'_>) -> Result<bool> {
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs writes at most one statfs into the buffer we pass; the borrow keeps
+    // `fd` open.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), fs.as_mut_ptr()) } < 0 {
+        return Err(Error::Statfs {
+            fd: fd.as_raw_fd(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: fstatfs succeeded, so it filled the struct.
+    let kind = unsafe { fs.assume_init() }.f_type;
+    Ok(kind != libc::TMPFS_MAGIC && i64::from(kind) != RAMFS_MAGIC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +200,24 @@ mod tests {
         file.write_all_at(&[8u8; 10], 1 << 20).unwrap();
         assert_eq!(cachestat(file.as_fd(), 0, 3 * 4096).unwrap().dirty, 0);
         assert!(cachestat(file.as_fd(), 1 << 20, 4096).unwrap().dirty >= 1);
+    }
+
+    #[test]
+    fn tmpfs_has_no_writeback_and_disk_filesystems_do() {
+        let memfd = crate::SharedMemory::new("tmpfs", 4096).unwrap();
+        assert!(!has_writeback(memfd.as_fd()).unwrap());
+        let file = disk_file();
+        if !has_writeback(file.as_fd()).unwrap() {
+            println!("SKIP the disk half: the build directory is on tmpfs here");
+            return;
+        }
+        // Written, and clean after a sync: what "writes back" means.
+        file.write_all_at(&[1; 4096], 0).unwrap();
+        file.sync_data().unwrap();
+        assert_eq!(
+            cachestat(file.as_fd(), 0, 0).map(|s| s.dirty).unwrap_or(0),
+            0
+        );
     }
 
     #[test]

@@ -29,12 +29,7 @@ fn disk_file() -> Result<Arc<File>, String> {
         Err(CacheError::Unsupported) => return Err("this kernel has no cachestat(2)".to_owned()),
         Err(e) => panic!("{e}"),
     }
-    // SAFETY: fstatfs writes one statfs into the zeroed struct we pass.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; the descriptor is ours.
-    let ret = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&file), &mut fs) };
-    assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
-    if fs.f_type == libc::TMPFS_MAGIC {
+    if !base::page_cache::has_writeback(file.as_fd()).unwrap() {
         return Err(format!(
             "{} is tmpfs, which has no writeback",
             dir.display()

@@ -8,7 +8,8 @@ use std::mem::MaybeUninit;
 use std::ptr;
 
 use super::{
-    round_up_to_page, syscall_on_range, Backing, Error, MemoryMapping, Protection, Result,
+    check_caller_range, round_up_to_page, syscall_on_range, Backing, CallerRange, Error,
+    MemoryMapping, Protection, Result,
 };
 use crate::descriptor::{AsRawDescriptor, RawDescriptor};
 use crate::pagesize;
@@ -127,34 +128,12 @@ impl<'a> MemoryMappingBuilder<'a> {
     /// reservation the caller made and hands over.
     pub unsafe fn build_fixed(self, addr: *mut u8) -> Result<MemoryMapping> {
         let (request, len, align) = self.checked_request()?;
-        if addr.is_null() {
-            return Err(Error::InvalidAddress {
-                offset: 0,
-                size: self.size,
-                region_size: len,
-                why: "a fixed mapping cannot start at the null address",
-            });
-        }
-        let page = pagesize();
-        if !(addr as usize).is_multiple_of(page) {
-            return Err(Error::NotPageAligned {
-                what: "fixed mapping address",
-                value: addr as u64,
-                page,
-            });
-        }
+        check_caller_range(addr, len, CallerRange::Fixed)?;
         if !(addr as usize).is_multiple_of(align) {
             return Err(Error::NotAligned {
                 what: "fixed mapping address",
                 value: addr as u64,
                 align,
-            });
-        }
-        if (addr as usize).checked_add(len).is_none() {
-            return Err(Error::Overflow {
-                what: "fixed mapping address + size",
-                base: addr as u64,
-                len: len as u64,
             });
         }
         // SAFETY: the caller vouches that the range is theirs to replace.

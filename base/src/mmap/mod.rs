@@ -627,6 +627,55 @@ pub(crate) fn check_destructive_rounding(
     Ok(())
 }
 
+/// Checks address space a caller hands over (for a fixed mapping, or an external one): not
+/// null, page-aligned, and not wrapping past the top. `what` names it in errors: "fixed
+/// mapping" or "external mapping".
+pub(crate) fn check_caller_range(addr: *mut u8, len: usize, what: CallerRange) -> Result<()> {
+    let (null, address, end) = match what {
+        CallerRange::Fixed => (
+            "a fixed mapping cannot start at the null address",
+            "fixed mapping address",
+            "fixed mapping address + size",
+        ),
+        CallerRange::External => (
+            "an external mapping cannot start at the null address",
+            "external mapping address",
+            "external mapping address + size",
+        ),
+    };
+    if addr.is_null() {
+        return Err(Error::InvalidAddress {
+            offset: 0,
+            size: len,
+            region_size: len,
+            why: null,
+        });
+    }
+    let page = pagesize();
+    if !(addr as usize).is_multiple_of(page) {
+        return Err(Error::NotPageAligned {
+            what: address,
+            value: addr as u64,
+            page,
+        });
+    }
+    if (addr as usize).checked_add(len).is_none() {
+        return Err(Error::Overflow {
+            what: end,
+            base: addr as u64,
+            len: len as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Whose address space [`check_caller_range`] checks.
+#[derive(Clone, Copy)]
+pub(crate) enum CallerRange {
+    Fixed,
+    External,
+}
+
 /// Checks that `offset..offset + size` lies inside `region_size` bytes, without overflow.
 pub(crate) fn check_in_bounds(offset: usize, size: usize, region_size: usize) -> Result<()> {
     let end = offset.checked_add(size).ok_or(Error::Overflow {

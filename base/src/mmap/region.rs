@@ -4,8 +4,8 @@
 //! [`MappedRegion`]: what a hypervisor needs of a piece of host memory to hand it to a guest.
 
 use super::{
-    check_in_bounds, check_page_range, madvise_range, round_up_to_page, syscall_on_range, Error,
-    MemoryMapping, Protection, Result,
+    check_caller_range, check_in_bounds, check_page_range, madvise_range, round_up_to_page,
+    syscall_on_range, CallerRange, Error, MemoryMapping, Protection, Result,
 };
 use crate::descriptor::AsRawDescriptor;
 
@@ -146,22 +146,7 @@ impl ExternalMapping {
                 what: "an external mapping",
             });
         }
-        if addr.is_null() {
-            return Err(Error::InvalidAddress {
-                offset: 0,
-                size,
-                region_size: size,
-                why: "an external mapping cannot start at the null address",
-            });
-        }
         let page = crate::pagesize();
-        if !(addr as usize).is_multiple_of(page) {
-            return Err(Error::NotPageAligned {
-                what: "external mapping address",
-                value: addr as u64,
-                page,
-            });
-        }
         if !size.is_multiple_of(page) {
             return Err(Error::NotPageAligned {
                 what: "external mapping size",
@@ -169,13 +154,7 @@ impl ExternalMapping {
                 page,
             });
         }
-        if (addr as usize).checked_add(size).is_none() {
-            return Err(Error::Overflow {
-                what: "external mapping address + size",
-                base: addr as u64,
-                len: size as u64,
-            });
-        }
+        check_caller_range(addr, size, CallerRange::External)?;
         Ok(ExternalMapping { addr, size })
     }
 }
