@@ -148,7 +148,8 @@ pub fn cachestat(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<CacheStat>
 /// makes a dirty count the proof of an msync. Not on tmpfs or ramfs: their pages are the
 /// file, stay dirty, and an msync has nothing to write them to.
 pub fn has_writeback(fd: BorrowedFd<'_>) -> Result<bool> {
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // libc names tmpfs's magic but not ramfs's; it has the same type (`f_type`'s).
+    const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
     let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: fstatfs writes at most one statfs into the buffer we pass; the borrow keeps
     // `fd` open.
@@ -160,7 +161,7 @@ pub fn has_writeback(fd: BorrowedFd<'_>) -> Result<bool> {
     }
     // SAFETY: fstatfs succeeded, so it filled the struct.
     let kind = unsafe { fs.assume_init() }.f_type;
-    Ok(kind != libc::TMPFS_MAGIC && i64::from(kind) != RAMFS_MAGIC)
+    Ok(kind != libc::TMPFS_MAGIC && kind != RAMFS_MAGIC)
 }
 
 #[cfg(test)]
