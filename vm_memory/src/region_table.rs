@@ -184,10 +184,12 @@ impl RegionTable {
 
     /// [`find_host`](Self::find_host) for what the fast region and the exact map do not
     /// cover: buckets that hold a region boundary, and accesses that cross a bucket's end.
-    /// Out of line and cold, so that a call site inlines only the few instructions of the
-    /// common case and keeps its own values in registers around them.
+    /// Cold, so that the optimizer keeps it out of line and a call site inlines only the few
+    /// instructions of the common case; `#[inline]`, so that it is compiled in the caller's
+    /// crate, where the optimizer sees that it writes no memory and keeps the caller's values,
+    /// the table's fields among them, in registers across the call.
     #[cold]
-    #[inline(never)]
+    #[inline]
     fn find_host_indexed(&self, addr: u64, len: u64) -> Option<usize> {
         let (_, entry, offset) = self.find_in_buckets(addr)?;
         (len <= entry.len - offset).then(|| entry.host.wrapping_add(offset as usize))
