@@ -102,6 +102,29 @@ pub enum Error {
         /// What `base` answered.
         source: base::mmap::Error,
     },
+    /// No reservation starts at this address with this size.
+    #[error("no reserved range {guest_addr}+{size:#x}")]
+    ReservationUnknown {
+        /// Start of the range given.
+        guest_addr: GuestAddress,
+        /// Its size.
+        size: u64,
+    },
+    /// The range overlaps a guest-physical range the VMM reserved (a device's MMIO window,
+    /// say), which no slot may cover and no second reservation may overlap.
+    #[error(
+        "range {guest_addr}+{size:#x} overlaps the reserved range {reserved_addr}+{reserved_size:#x}"
+    )]
+    ReservedRange {
+        /// Start of the range asked for.
+        guest_addr: GuestAddress,
+        /// Its size.
+        size: u64,
+        /// Start of the reserved range.
+        reserved_addr: GuestAddress,
+        /// Its size.
+        reserved_size: u64,
+    },
     /// Every slot number the kernel allows is in use.
     #[error("all {limit} memory slots are in use")]
     SlotLimit {
@@ -176,7 +199,8 @@ impl Error {
             Error::Region { source, .. } => source.errno(),
             Error::GuestMemory(_) => libc::EFAULT,
             Error::UnknownSlot { .. } => libc::ENOENT,
-            Error::SlotOverlap { .. } => libc::EEXIST,
+            Error::SlotOverlap { .. } | Error::ReservedRange { .. } => libc::EEXIST,
+            Error::ReservationUnknown { .. } => libc::ENOENT,
             Error::SlotLimit { .. } => libc::ENOSPC,
             Error::ReadOnlyUnsupported | Error::CacheTypeUnsupported { .. } => libc::ENOTSUP,
             Error::BootRamSlot { .. } => libc::EPERM,

@@ -185,6 +185,15 @@ pub trait Vm: Send + Sync {
 
     /// Unmaps `offset..offset + size` of the slot's arena (it stays reserved).
     fn remove_mapping(&self, slot: MemSlot, offset: usize, size: usize) -> Result<()>;
+
+    /// Reserves `guest_addr..guest_addr + size` (page-aligned) for something that is not
+    /// memory, a device's MMIO window say: from now on no slot may cover any byte of it, by
+    /// any path, and it may not overlap a live slot or another reservation.
+    fn reserve_guest_range(&self, guest_addr: GuestAddress, size: u64) -> Result<()>;
+
+    /// Ends the reservation made by [`reserve_guest_range`](Self::reserve_guest_range) with
+    /// exactly this range.
+    fn release_guest_range(&self, guest_addr: GuestAddress, size: u64) -> Result<()>;
 }
 
 /// A virtual CPU.

@@ -169,3 +169,63 @@ fn a_stalled_msync_does_not_hold_up_other_slots() {
     let back = vm.remove_memory_region(slot).unwrap();
     assert_eq!(back.size(), P as usize);
 }
+
+#[test]
+fn reserved_ranges_are_refused_to_slots_and_guest_accesses_exit() {
+    let Some(kvm) = kvm_or_skip("reserved_ranges") else {
+        return;
+    };
+    // The guest reads the reserved window: with no slot there it must be an MMIO exit.
+    const WINDOW: u32 = 0xd000_0000;
+    let code = Asm::default().load_eax(WINDOW).report_eax().hlt();
+    let (vm, mut vcpu) = vm_with_program(&kvm, 16 * P, &code.0);
+    // Boot RAM is a slot: a reservation over it is refused.
+    let err = vm.reserve_guest_range(GuestAddress(0), P).unwrap_err();
+    assert!(matches!(err, Error::SlotOverlap { slot: 0, .. }), "{err}");
+    vm.reserve_guest_range(GuestAddress(WINDOW as u64), 0x1000)
+        .unwrap();
+    let page = MemoryMappingBuilder::new(2 * P as usize).build().unwrap();
+    let region = || -> Box<dyn MappedRegion> {
+        // SAFETY: `page` outlives the VM in this test and is never remapped.
+        Box::new(unsafe { ExternalMapping::new(page.as_ptr(), 2 * P as usize) }.unwrap())
+    };
+    for at in [WINDOW as u64, WINDOW as u64 - P] {
+        let err = vm
+            .add_memory_region(
+                GuestAddress(at),
+                region(),
+                false,
+                false,
+                MemCacheType::CacheCoherent,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ReservedRange { reserved_addr, reserved_size: 0x1000, .. } if reserved_addr.0 == WINDOW as u64),
+            "{err}"
+        );
+        assert_eq!(err.errno(), libc::EEXIST);
+    }
+    match run(&mut vcpu) {
+        VcpuExit::Mmio {
+            address,
+            data: None,
+            ..
+        } => assert_eq!(address, WINDOW as u64),
+        other => panic!("expected an MMIO read of the window, got {other:?}"),
+    }
+    // Once released, memory can go there.
+    vm.release_guest_range(GuestAddress(WINDOW as u64), 0x1000)
+        .unwrap();
+    let err = vm
+        .release_guest_range(GuestAddress(WINDOW as u64), 0x1000)
+        .unwrap_err();
+    assert!(matches!(err, Error::ReservationUnknown { .. }), "{err}");
+    vm.add_memory_region(
+        GuestAddress(WINDOW as u64),
+        region(),
+        false,
+        false,
+        MemCacheType::CacheCoherent,
+    )
+    .unwrap();
+}

@@ -387,6 +387,14 @@ impl Vm for KvmVm {
         })
     }
 
+    fn reserve_guest_range(&self, guest_addr: GuestAddress, size: u64) -> Result<()> {
+        self.table().reserve(guest_addr.0, size)
+    }
+
+    fn release_guest_range(&self, guest_addr: GuestAddress, size: u64) -> Result<()> {
+        self.table().release(guest_addr.0, size)
+    }
+
     fn remove_memory_region(&self, slot: MemSlot) -> Result<Box<dyn MappedRegion>> {
         let removed = {
             let mut table = self.table();

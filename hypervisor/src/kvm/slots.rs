@@ -38,6 +38,8 @@ pub(crate) struct SlotTable {
     free: BTreeSet<MemSlot>,
     next: MemSlot,
     limit: u32,
+    /// Guest-physical ranges no slot may cover, start to size.
+    reserved: BTreeMap<u64, u64>,
 }
 
 impl std::fmt::Debug for SlotTable {
@@ -58,27 +60,17 @@ impl SlotTable {
             free: BTreeSet::new(),
             next: 0,
             limit,
+            reserved: BTreeMap::new(),
         }
     }
 
     /// Checks that `guest_addr..guest_addr + size` can become a slot (page-aligned, non-empty,
-    /// no overflow, no overlap with any live slot, a number left) and returns the number it
-    /// would get: the lowest free one.
+    /// no overflow, no overlap with any live slot or reserved range, a number left) and returns
+    /// the number it would get: the lowest free one.
     pub fn check_new(&self, guest_addr: u64, size: u64) -> Result<MemSlot> {
-        let page = base::pagesize();
         let addr = GuestAddress(guest_addr);
-        if size == 0 {
-            return Err(Error::ZeroSize { guest_addr: addr });
-        }
-        for (what, value) in [("guest address", guest_addr), ("slot size", size)] {
-            if value % page as u64 != 0 {
-                return Err(Error::NotPageAligned { what, value, page });
-            }
-        }
-        let end = guest_addr.checked_add(size).ok_or(Error::AddressOverflow {
-            guest_addr: addr,
-            size,
-        })?;
+        let end = check_range(guest_addr, size, "slot size")?;
+        self.check_unreserved(guest_addr, size, end)?;
         // Only the last slot starting below `end` can overlap, since slots do not overlap
         // each other.
         if let Some((&start, &slot)) = self.by_addr.range(..end).next_back() {
@@ -102,6 +94,58 @@ impl SlotTable {
             None if self.next < self.limit => Ok(self.next),
             None => Err(Error::SlotLimit { limit: self.limit }),
         }
+    }
+
+    /// Reserves `guest_addr..guest_addr + size` (page-aligned, non-empty) so that no slot may
+    /// cover it. It must not overlap a live slot or another reservation.
+    pub fn reserve(&mut self, guest_addr: u64, size: u64) -> Result<()> {
+        let end = check_range(guest_addr, size, "reserved size")?;
+        self.check_unreserved(guest_addr, size, end)?;
+        if let Some((&start, &slot)) = self.by_addr.range(..end).next_back() {
+            let other = &self.slots[&slot];
+            if start + other.size > guest_addr {
+                return Err(Error::SlotOverlap {
+                    guest_addr: GuestAddress(guest_addr),
+                    size,
+                    slot,
+                    slot_addr: GuestAddress(start),
+                    slot_size: other.size,
+                });
+            }
+        }
+        self.reserved.insert(guest_addr, size);
+        Ok(())
+    }
+
+    /// Ends the reservation made with exactly this range.
+    pub fn release(&mut self, guest_addr: u64, size: u64) -> Result<()> {
+        match self.reserved.get(&guest_addr) {
+            Some(&s) if s == size => {
+                self.reserved.remove(&guest_addr);
+                Ok(())
+            }
+            _ => Err(Error::ReservationUnknown {
+                guest_addr: GuestAddress(guest_addr),
+                size,
+            }),
+        }
+    }
+
+    /// Refuses `guest_addr..end` if it overlaps a reserved range.
+    fn check_unreserved(&self, guest_addr: u64, size: u64, end: u64) -> Result<()> {
+        // Reservations do not overlap each other, so only the last one starting below `end`
+        // can reach into the range.
+        if let Some((&start, &reserved_size)) = self.reserved.range(..end).next_back() {
+            if start + reserved_size > guest_addr {
+                return Err(Error::ReservedRange {
+                    guest_addr: GuestAddress(guest_addr),
+                    size,
+                    reserved_addr: GuestAddress(start),
+                    reserved_size,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Records `slot`, which `check_new` returned for the same range.
@@ -142,6 +186,25 @@ impl SlotTable {
     pub fn len(&self) -> usize {
         self.slots.len()
     }
+}
+
+/// Checks a guest-physical range: non-empty, page-aligned, not passing the end of the
+/// address space. Returns its end.
+fn check_range(guest_addr: u64, size: u64, what: &'static str) -> Result<u64> {
+    let page = base::pagesize();
+    let addr = GuestAddress(guest_addr);
+    if size == 0 {
+        return Err(Error::ZeroSize { guest_addr: addr });
+    }
+    for (what, value) in [("guest address", guest_addr), (what, size)] {
+        if value % page as u64 != 0 {
+            return Err(Error::NotPageAligned { what, value, page });
+        }
+    }
+    guest_addr.checked_add(size).ok_or(Error::AddressOverflow {
+        guest_addr: addr,
+        size,
+    })
 }
 
 #[cfg(test)]
@@ -236,6 +299,58 @@ mod tests {
             t.check_new(top, 2 * P),
             Err(Error::AddressOverflow { .. })
         ));
+    }
+
+    #[test]
+    fn reserved_ranges_never_become_slots() {
+        let mut t = SlotTable::new(8);
+        t.reserve(0xd000_0000, 0x1000).unwrap();
+        for (addr, size) in [
+            (0xd000_0000, P),
+            (0xcfff_f000, 2 * P),
+            (0xd000_0000 - 0x10_0000, 0x20_0000),
+        ] {
+            let err = t.check_new(addr, size).unwrap_err();
+            assert!(
+                matches!(err, Error::ReservedRange { guest_addr, size: s, reserved_addr, reserved_size }
+                    if guest_addr.0 == addr && s == size && reserved_addr.0 == 0xd000_0000 && reserved_size == P),
+                "{err}"
+            );
+        }
+        // Right next to it is fine.
+        add(&mut t, 0xd000_1000, P).unwrap();
+        add(&mut t, 0xcfff_f000, P).unwrap();
+        // A reservation may not overlap a slot or another reservation.
+        let err = t.reserve(0xd000_1000, P).unwrap_err();
+        assert!(matches!(err, Error::SlotOverlap { .. }), "{err}");
+        let err = t.reserve(0xcfff_0000, 0x2_0000).unwrap_err();
+        assert!(
+            matches!(err, Error::ReservedRange { .. } | Error::SlotOverlap { .. }),
+            "{err}"
+        );
+        let err = t.reserve(0xd000_0000, P).unwrap_err();
+        assert!(matches!(err, Error::ReservedRange { .. }), "{err}");
+        // Hostile sizes.
+        assert!(matches!(t.reserve(0, 0), Err(Error::ZeroSize { .. })));
+        assert!(matches!(
+            t.reserve(5, P),
+            Err(Error::NotPageAligned { value: 5, .. })
+        ));
+        assert!(matches!(
+            t.reserve(u64::MAX & !(P - 1), 2 * P),
+            Err(Error::AddressOverflow { .. })
+        ));
+        // Release takes exactly the range reserved; then the space is free for a slot.
+        assert!(matches!(
+            t.release(0xd000_0000, 2 * P),
+            Err(Error::ReservationUnknown { .. })
+        ));
+        assert!(matches!(
+            t.release(0x1000, P),
+            Err(Error::ReservationUnknown { .. })
+        ));
+        t.release(0xd000_0000, P).unwrap();
+        add(&mut t, 0xd000_0000, P).unwrap();
     }
 
     #[test]
