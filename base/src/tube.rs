@@ -432,6 +432,25 @@ impl Tube {
         Ok(ret < 0 || queued <= 0)
     }
 
+    /// Makes sends and receives return [`Error::Timeout`] at once instead of waiting, when the
+    /// peer's buffer is full or no message is queued (`O_NONBLOCK`). A server that must not
+    /// wait on a client that does not read its answers sets this on its end.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> Result<()> {
+        let fd = self.socket.as_raw_descriptor();
+        // SAFETY: F_GETFL and F_SETFL read and change only the flags of a socket we own.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let flags = if nonblocking {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+            return Err(Error::Socket(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Sets how long a receive waits before [`Error::Timeout`]; `None` waits forever.
     pub fn set_recv_timeout(&self, timeout: Option<Duration>) -> Result<()> {
         self.set_timeout(libc::SO_RCVTIMEO, "receive", timeout)

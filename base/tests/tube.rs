@@ -597,3 +597,33 @@ fn received_descriptors_never_leak_into_a_child_spawned_meanwhile() {
          inherited one"
     );
 }
+
+#[test]
+fn a_nonblocking_tube_never_waits() {
+    let (a, b) = Tube::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    let err = b.recv::<Request>().unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err}");
+    // Fill the peer's queue: the first send that does not fit answers at once.
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    let err = loop {
+        match a.send(&Request::Ping) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 1_000_000, "the queue never filled");
+    };
+    assert!(matches!(err, Error::Timeout), "{err}");
+    assert!(sent > 0);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(b.recv::<Request>().unwrap(), Request::Ping);
+    // And back to blocking.
+    b.set_nonblocking(false).unwrap();
+    b.set_recv_timeout(Some(Duration::from_millis(10))).unwrap();
+    for _ in 1..sent {
+        b.recv::<Request>().unwrap();
+    }
+    assert!(matches!(b.recv::<Request>(), Err(Error::Timeout)));
+}

@@ -12,11 +12,17 @@
 //! and when a connection closes, everything it registered is unregistered and its slots are
 //! freed. Raw slot numbers never authorise anything.
 //!
+//! Each connection has a [`ClientPolicy`]: the guest-physical ranges it may register memory
+//! into, and quotas of regions and bytes, checked before anything is mapped. An msync or
+//! madvise runs off the serving thread, so one that blocks (a file on FUSE or NFS) holds up
+//! only its own client; a client that does not read its answers is dropped at once.
+//!
 //! Descriptors travel attached to the request that uses them (at most one per request), so a
 //! message is never about a descriptor it does not carry.
 
 mod client;
 mod ownership;
+mod policy;
 mod server;
 
 use base::Protection;
@@ -26,7 +32,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use client::{Error as ClientError, VmMemoryClient};
-pub use server::{ClientId, Error as ServerError, VmMemoryServer};
+pub use ownership::ClientId;
+pub use policy::{ClientPolicy, DEFAULT_MAX_BYTES, DEFAULT_MAX_REGIONS};
+pub use server::{Error as ServerError, VmMemoryServer};
 
 /// An opaque handle on a region a client registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -176,6 +184,26 @@ pub enum VmMemoryError {
     NotAnArena {
         /// The region.
         id: VmMemoryRegionId,
+    },
+    /// The range is not inside any guest-physical range the VMM granted this client.
+    #[error("range {gpa:#x}+{size:#x} is outside the ranges granted to this client")]
+    OutsideGrant {
+        /// Start of the range asked for.
+        gpa: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// The client already holds as many regions or bytes as its policy allows.
+    #[error("{what} quota: {held} held + {asked} asked would pass the limit of {limit}")]
+    QuotaExceeded {
+        /// "regions" or "bytes".
+        what: String,
+        /// The limit.
+        limit: u64,
+        /// What the client holds now.
+        held: u64,
+        /// What the request asks for.
+        asked: u64,
     },
     /// This connection registered no region with this id (it may be another's).
     #[error("no region {id:?} is registered by this client")]

@@ -3,13 +3,32 @@
 
 //! Which client owns which registered region. A client can only name its own regions; any
 //! other id, whether it exists or not, gets the same answer, so ids leak nothing.
+//!
+//! Ids are drawn from a 64-bit counter that is never reset or wrapped, so an id names one
+//! registration forever: once it is unregistered, the id names nothing, even when its slot
+//! number is reused by another registration, of this client or another.
 
 use std::collections::HashMap;
 
 use hypervisor::MemSlot;
 
-use crate::server::ClientId;
 use crate::{VmMemoryError, VmMemoryRegionId};
+
+/// A connection the server serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId(u64);
+
+impl ClientId {
+    /// The `n`th client (the server numbers them).
+    pub(crate) fn new(n: u64) -> ClientId {
+        ClientId(n)
+    }
+
+    /// Its number, for names and logs.
+    pub(crate) fn number(self) -> u64 {
+        self.0
+    }
+}
 
 /// One registered region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,20 +36,33 @@ pub(crate) struct Owned {
     pub owner: ClientId,
     pub slot: MemSlot,
     pub arena: bool,
+    /// Its size in bytes, counted against the owner's quota.
+    pub size: u64,
 }
 
-/// Registered regions by id. Ids are never reused while the server lives.
+/// How much a client has registered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub regions: usize,
+    pub bytes: u64,
+}
+
+/// Registered regions by id.
 #[derive(Debug, Default)]
 pub(crate) struct Regions {
     map: HashMap<VmMemoryRegionId, Owned>,
+    usage: HashMap<ClientId, Usage>,
     next: u64,
 }
 
 impl Regions {
-    pub fn insert(&mut self, owner: ClientId, slot: MemSlot, arena: bool) -> VmMemoryRegionId {
+    pub fn insert(&mut self, owned: Owned) -> VmMemoryRegionId {
         self.next += 1;
         let id = VmMemoryRegionId(self.next);
-        self.map.insert(id, Owned { owner, slot, arena });
+        let usage = self.usage.entry(owned.owner).or_default();
+        usage.regions += 1;
+        usage.bytes += owned.size;
+        self.map.insert(id, owned);
         id
     }
 
@@ -42,24 +74,42 @@ impl Regions {
         }
     }
 
-    /// Forgets the region `id` if `client` owns it.
-    pub fn take(&mut self, client: ClientId, id: VmMemoryRegionId) -> Result<Owned, VmMemoryError> {
+    /// Forgets the region `id` if `client` owns it: once its slot is really gone.
+    pub fn remove(
+        &mut self,
+        client: ClientId,
+        id: VmMemoryRegionId,
+    ) -> Result<Owned, VmMemoryError> {
         let owned = self.get(client, id)?;
         self.map.remove(&id);
+        self.forget_usage(&owned);
         Ok(owned)
     }
 
     /// Forgets every region `client` owns and returns them.
-    pub fn take_all(&mut self, client: ClientId) -> Vec<Owned> {
+    pub fn remove_all(&mut self, client: ClientId) -> Vec<Owned> {
         let ids: Vec<VmMemoryRegionId> = self
             .map
             .iter()
             .filter(|(_, owned)| owned.owner == client)
             .map(|(id, _)| *id)
             .collect();
+        self.usage.remove(&client);
         ids.into_iter()
             .filter_map(|id| self.map.remove(&id))
             .collect()
+    }
+
+    /// What `client` has registered.
+    pub fn usage(&self, client: ClientId) -> Usage {
+        self.usage.get(&client).copied().unwrap_or_default()
+    }
+
+    fn forget_usage(&mut self, owned: &Owned) {
+        if let Some(usage) = self.usage.get_mut(&owned.owner) {
+            usage.regions -= 1;
+            usage.bytes -= owned.size;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -71,11 +121,20 @@ impl Regions {
 mod tests {
     use super::*;
 
+    fn owned(owner: ClientId, slot: MemSlot, size: u64) -> Owned {
+        Owned {
+            owner,
+            slot,
+            arena: false,
+            size,
+        }
+    }
+
     #[test]
     fn only_the_owner_can_name_a_region() {
-        let (a, b) = (ClientId::for_tests(1), ClientId::for_tests(2));
+        let (a, b) = (ClientId::new(1), ClientId::new(2));
         let mut r = Regions::default();
-        let id = r.insert(a, 5, true);
+        let id = r.insert(owned(a, 5, 4096));
         assert_eq!(r.get(a, id).unwrap().slot, 5);
         let unknown = VmMemoryRegionId(999);
         // Another client's id and a made-up one get the same answer.
@@ -84,25 +143,36 @@ mod tests {
             r.get(a, unknown),
             Err(VmMemoryError::UnknownRegion { id: unknown })
         );
-        assert!(r.take(b, id).is_err());
-        assert_eq!(r.take(a, id).unwrap().slot, 5);
-        assert!(r.get(a, id).is_err(), "gone after take");
+        assert!(r.remove(b, id).is_err());
+        assert_eq!(r.remove(a, id).unwrap().slot, 5);
+        assert!(r.get(a, id).is_err(), "gone after remove");
     }
 
     #[test]
-    fn ids_are_never_reused_and_take_all_is_per_client() {
-        let (a, b) = (ClientId::for_tests(1), ClientId::for_tests(2));
+    fn ids_are_never_reused_and_usage_is_per_client() {
+        let (a, b) = (ClientId::new(1), ClientId::new(2));
         let mut r = Regions::default();
-        let first = r.insert(a, 1, false);
-        r.take(a, first).unwrap();
-        let second = r.insert(a, 1, false);
+        let first = r.insert(owned(a, 1, 4096));
+        r.remove(a, first).unwrap();
+        // The same slot number again: a new id, and the old one names nothing.
+        let second = r.insert(owned(b, 1, 4096));
         assert_ne!(first, second);
-        r.insert(b, 2, false);
-        r.insert(a, 3, true);
-        let mut gone: Vec<MemSlot> = r.take_all(a).iter().map(|o| o.slot).collect();
+        assert!(r.get(a, first).is_err() && r.get(b, first).is_err());
+        r.insert(owned(a, 2, 8192));
+        r.insert(owned(a, 3, 4096));
+        assert_eq!(
+            r.usage(a),
+            Usage {
+                regions: 2,
+                bytes: 12288
+            }
+        );
+        assert_eq!(r.usage(b).regions, 1);
+        let mut gone: Vec<MemSlot> = r.remove_all(a).iter().map(|o| o.slot).collect();
         gone.sort();
-        assert_eq!(gone, [1, 3]);
+        assert_eq!(gone, [2, 3]);
+        assert_eq!(r.usage(a), Usage::default());
         assert_eq!(r.len(), 1);
-        assert!(r.take_all(a).is_empty());
+        assert!(r.remove_all(a).is_empty());
     }
 }

@@ -2,7 +2,14 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! [`VmMemoryServer`]: serves memory requests from many tubes against one VM.
+//!
+//! Requests that may block in the kernel for as long as a file system likes (msync and
+//! madvise of a file on FUSE or NFS) run on the client's own worker thread; their client is
+//! not served again until the answer is out, so every client gets one answer per request, in
+//! order, and no client can stall another. Answers are sent without waiting: a client that
+//! does not read them is dropped as soon as its queue is full.
 
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,25 +17,38 @@ use base::{
     AsRawDescriptor, MappedRegion, MemoryMappingArena, MemoryMappingBuilder, Protection,
     RawDescriptor, SafeDescriptor, SharedMemory, Tube,
 };
-use hypervisor::Vm;
+use hypervisor::{MemSlot, Vm};
 use remain::sorted;
 use thiserror::Error;
 use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::ownership::Regions;
+use crate::ownership::{ClientId, Owned, Regions};
+use crate::policy::ClientPolicy;
 use crate::{
     VmMemoryDestination, VmMemoryError, VmMemoryRegionId, VmMemoryRequest, VmMemoryResponse,
     VmMemorySource,
 };
 
-/// How long the server waits to hand an answer to a client that does not read its answers
-/// before it gives up on that client.
-const SEND_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Errors of the server loop itself (requests never fail the loop: they get answers).
+/// Errors of the server itself (requests never fail the loop: they get answers).
 #[sorted]
 #[derive(Debug, Error)]
 pub enum Error {
+    /// The eventfd that wakes the loop when a long operation finishes could not be made.
+    #[error("cannot create the server's wake-up eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// A new client's grant overlaps another client's.
+    #[error(
+        "grant {start}+{size:#x} overlaps a grant of client {other:?}: clients' grants must be disjoint"
+    )]
+    GrantOverlap {
+        /// Start of the new client's grant.
+        start: GuestAddress,
+        /// Its size.
+        size: u64,
+        /// The client that already holds it.
+        other: ClientId,
+    },
     /// `poll` failed.
     #[error("poll over {count} descriptors failed: {source}")]
     Poll {
@@ -37,62 +57,120 @@ pub enum Error {
         /// What the kernel answered.
         source: std::io::Error,
     },
+    /// A client's worker thread could not be started.
+    #[error("cannot start a client's worker thread: {0}")]
+    Worker(#[source] std::io::Error),
 }
 
 /// Result of the server loop.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A connection the server serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientId(u64);
-
-#[cfg(test)]
-impl ClientId {
-    pub(crate) fn for_tests(n: u64) -> ClientId {
-        ClientId(n)
-    }
-}
+/// A long operation, run on its client's worker thread.
+type Job = Box<dyn FnOnce() -> VmMemoryResponse + Send>;
 
 struct Client {
     id: ClientId,
     tube: Tube,
+    policy: ClientPolicy,
+    /// Hands long operations to the client's worker thread, which ends when this is dropped.
+    worker: mpsc::Sender<Job>,
+    /// A long operation of this client's is running; its next request waits.
+    busy: bool,
+    /// The client is gone (or dropped) but an operation of its is still running: its
+    /// regions are unregistered when that finishes.
+    closing: bool,
+}
+
+/// A long operation that finished, with its answer.
+struct Done {
+    client: ClientId,
+    response: VmMemoryResponse,
 }
 
 /// Serves memory requests from many client tubes against one VM, answering each request
 /// exactly once. A client that disconnects, or whose messages cannot be answered, is dropped
 /// and everything it registered is unregistered.
-pub struct VmMemoryServer<V: Vm + ?Sized> {
+pub struct VmMemoryServer<V: Vm + ?Sized + 'static> {
     vm: Arc<V>,
     clients: Vec<Client>,
     regions: Regions,
     next_client: u64,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    /// Written by a long operation's thread when it is done.
+    wake: Arc<EventFd>,
 }
 
-impl<V: Vm + ?Sized> VmMemoryServer<V> {
+impl<V: Vm + ?Sized + 'static> VmMemoryServer<V> {
     /// A server for `vm` with no clients yet.
-    pub fn new(vm: Arc<V>) -> VmMemoryServer<V> {
-        VmMemoryServer {
+    pub fn new(vm: Arc<V>) -> Result<VmMemoryServer<V>> {
+        let (done_tx, done_rx) = mpsc::channel();
+        let wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?;
+        Ok(VmMemoryServer {
             vm,
             clients: Vec::new(),
             regions: Regions::default(),
             next_client: 0,
-        }
+            done_tx,
+            done_rx,
+            wake: Arc::new(wake),
+        })
     }
 
-    /// Serves `tube` from now on.
-    pub fn add_client(&mut self, tube: Tube) -> ClientId {
-        if let Err(e) = tube.set_send_timeout(Some(SEND_TIMEOUT)) {
-            log::warn!("vm_control: cannot bound sends to a new client: {e}");
+    /// Serves `tube` from now on, under `policy`. The policy's grants must not overlap any
+    /// other client's ([`Error::GrantOverlap`]).
+    pub fn add_client(&mut self, tube: Tube, policy: ClientPolicy) -> Result<ClientId> {
+        for other in &self.clients {
+            if let Some((start, size)) = policy.overlaps(&other.policy) {
+                return Err(Error::GrantOverlap {
+                    start,
+                    size,
+                    other: other.id,
+                });
+            }
+        }
+        // Answers never wait: a full queue means the client does not read them.
+        if let Err(e) = tube.set_nonblocking(true) {
+            log::warn!("vm_control: cannot make a new client's tube non-blocking: {e}");
         }
         self.next_client += 1;
-        let id = ClientId(self.next_client);
-        self.clients.push(Client { id, tube });
-        id
+        let id = ClientId::new(self.next_client);
+        let worker = self.spawn_worker(id)?;
+        self.clients.push(Client {
+            id,
+            tube,
+            policy,
+            worker,
+            busy: false,
+            closing: false,
+        });
+        Ok(id)
+    }
+
+    /// Starts the worker thread of client `id`: it runs the client's long operations one at a
+    /// time and reports each answer, until its sender is dropped.
+    fn spawn_worker(&self, client: ClientId) -> Result<mpsc::Sender<Job>> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (done, wake) = (self.done_tx.clone(), self.wake.clone());
+        std::thread::Builder::new()
+            .name(format!("vm_control client {}", client.number()))
+            .spawn(move || {
+                for job in queue {
+                    let response = job();
+                    // The server may be gone; then nobody waits for the answer.
+                    if done.send(Done { client, response }).is_err() {
+                        return;
+                    }
+                    let _ = wake.write(1);
+                }
+            })
+            .map_err(Error::Worker)?;
+        Ok(jobs)
     }
 
     /// How many clients are connected.
     pub fn client_count(&self) -> usize {
-        self.clients.len()
+        self.clients.iter().filter(|c| !c.closing).count()
     }
 
     /// How many regions clients have registered.
@@ -115,16 +193,29 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
         Ok(self.poll_and_serve(None, timeout)?.0)
     }
 
-    /// One round: poll every client (and `exit`), serve the ready ones. Returns the requests
+    /// One round: poll every client that is not waiting for a long operation, the wake-up
+    /// eventfd and `exit`; finish what finished, serve the ready clients. Returns the requests
     /// answered and whether `exit` is readable.
     fn poll_and_serve(
         &mut self,
         exit: Option<RawDescriptor>,
         timeout: Option<Duration>,
     ) -> Result<(usize, bool)> {
+        let polled: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|c| !c.busy && !c.closing)
+            .map(|c| c.id)
+            .collect();
         let mut fds: Vec<libc::pollfd> = exit
             .into_iter()
-            .chain(self.clients.iter().map(|c| c.tube.as_raw_descriptor()))
+            .chain([std::os::fd::AsRawFd::as_raw_fd(&*self.wake)])
+            .chain(
+                self.clients
+                    .iter()
+                    .filter(|c| !c.busy && !c.closing)
+                    .map(|c| c.tube.as_raw_descriptor()),
+            )
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -145,14 +236,19 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
             });
         }
         let exit_ready = exit.is_some() && fds[0].revents != 0;
-        let first_client = usize::from(exit.is_some());
-        let ready: Vec<(ClientId, i16)> = fds[first_client..]
-            .iter()
-            .zip(&self.clients)
-            .filter(|(p, _)| p.revents != 0)
-            .map(|(p, c)| (c.id, p.revents))
-            .collect();
+        let wake_index = usize::from(exit.is_some());
         let mut answered = 0;
+        if fds[wake_index].revents != 0 {
+            // Reading resets the counter; an empty one (EAGAIN) only means a race with it.
+            let _ = self.wake.read();
+            answered += self.finish_done();
+        }
+        let ready: Vec<(ClientId, i16)> = fds[wake_index + 1..]
+            .iter()
+            .zip(polled)
+            .filter(|(p, _)| p.revents != 0)
+            .map(|(p, id)| (id, p.revents))
+            .collect();
         for (id, revents) in ready {
             if revents & libc::POLLIN != 0 {
                 if self.serve_client(id) {
@@ -166,19 +262,49 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
         Ok((answered, exit_ready))
     }
 
-    /// Receives one request from `id` and answers it. Returns whether an answer was sent; a
-    /// client that is gone or cannot be answered is dropped.
+    /// Sends the answers of the long operations that finished, and finishes the removal of
+    /// clients that left meanwhile. Returns how many answers went out.
+    fn finish_done(&mut self) -> usize {
+        let mut answered = 0;
+        while let Ok(Done { client, response }) = self.done_rx.try_recv() {
+            let Some(index) = self.clients.iter().position(|c| c.id == client) else {
+                continue;
+            };
+            self.clients[index].busy = false;
+            if self.clients[index].closing {
+                self.remove_client(client);
+                continue;
+            }
+            if self.answer(index, &response) {
+                answered += 1;
+            }
+        }
+        answered
+    }
+
+    /// Receives one request from `id` and answers it, now or, for a long operation, once it
+    /// finishes. Returns whether an answer was sent now; a client that is gone or cannot be
+    /// answered is dropped.
     fn serve_client(&mut self, id: ClientId) -> bool {
         let Some(index) = self.clients.iter().position(|c| c.id == id) else {
             return false;
         };
         use base::tube::Error as TubeError;
         let response = match self.clients[index].tube.recv_raw() {
-            Ok((packet, descriptors)) => self.handle_packet(id, &packet, descriptors),
+            Ok((packet, descriptors)) => match base::tube::decode::<VmMemoryRequest>(&packet) {
+                Ok(request) => match self.start_long(id, &request) {
+                    Some(Ok(())) => return false,
+                    Some(Err(e)) => VmMemoryResponse::Err(e),
+                    None => self.execute(id, request, descriptors),
+                },
+                Err(e) => invalid(e),
+            },
             // The bad packet was consumed whole, so answering keeps the exchange in step.
-            Err(e @ (TubeError::Oversized { .. } | TubeError::TooManyDescriptors { .. })) => {
-                invalid(e)
-            }
+            Err(
+                e @ (TubeError::Oversized { .. }
+                | TubeError::TooManyDescriptors { .. }
+                | TubeError::ControlTruncated { .. }),
+            ) => invalid(e),
             Err(TubeError::Timeout) => return false,
             Err(e) => {
                 log::info!("vm_control: dropping client {id:?}: {e}");
@@ -187,18 +313,79 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
             }
         };
         // `execute` never removes clients, so `index` still names this one.
-        if let Err(e) = self.clients[index].tube.send(&response) {
-            log::info!("vm_control: dropping client {id:?}, which cannot take its answer: {e}");
-            self.remove_client(id);
-            return false;
-        }
-        true
+        self.answer(index, &response)
     }
 
-    /// Forgets a client and unregisters everything it registered, freeing the slots.
+    /// Sends `response` to the client at `index` without waiting, or drops the client.
+    fn answer(&mut self, index: usize, response: &VmMemoryResponse) -> bool {
+        match self.clients[index].tube.send(response) {
+            Ok(()) => true,
+            Err(e) => {
+                let id = self.clients[index].id;
+                log::info!("vm_control: dropping client {id:?}, which cannot take its answer: {e}");
+                self.remove_client(id);
+                false
+            }
+        }
+    }
+
+    /// Starts `request` on a thread of its own if it is one that may block for long (msync,
+    /// madvise): `Some(Ok)` when started, `Some(Err)` when refused before starting, `None`
+    /// when it is not such a request.
+    fn start_long(
+        &mut self,
+        client: ClientId,
+        request: &VmMemoryRequest,
+    ) -> Option<std::result::Result<(), VmMemoryError>> {
+        type RangeOp<V> = fn(&V, MemSlot, usize, usize) -> hypervisor::Result<()>;
+        let (id, offset, size, op, f): (_, _, _, &'static str, RangeOp<V>) = match *request {
+            VmMemoryRequest::MsyncArena { id, offset, size } => {
+                (id, offset, size, "msync", |vm, s, o, n| {
+                    vm.msync_memory_region(s, o, n)
+                })
+            }
+            VmMemoryRequest::MadvisePageout { id, offset, size } => {
+                (id, offset, size, "madvise pageout", |vm, s, o, n| {
+                    vm.madvise_pageout_memory_region(s, o, n)
+                })
+            }
+            VmMemoryRequest::MadviseRemove { id, offset, size } => {
+                (id, offset, size, "madvise remove", |vm, s, o, n| {
+                    vm.madvise_remove_memory_region(s, o, n)
+                })
+            }
+            _ => return None,
+        };
+        let checked = self.range_args(client, id, offset, size);
+        let (slot, offset, size) = match checked {
+            Ok(args) => args,
+            Err(e) => return Some(Err(e)),
+        };
+        let vm = self.vm.clone();
+        let job: Job = Box::new(move || match f(&vm, slot, offset, size) {
+            Ok(()) => VmMemoryResponse::Ok,
+            Err(e) => VmMemoryResponse::Err(failed(op, e.errno(), e)),
+        });
+        let client = self.clients.iter_mut().find(|c| c.id == client)?;
+        if client.worker.send(job).is_err() {
+            return Some(Err(failed(op, libc::EPIPE, "the client's worker is gone")));
+        }
+        client.busy = true;
+        Some(Ok(()))
+    }
+
+    /// Forgets a client and unregisters everything it registered, freeing the slots. If an
+    /// operation of its is still running, the removal finishes when it does.
     pub fn remove_client(&mut self, id: ClientId) {
-        self.clients.retain(|c| c.id != id);
-        for owned in self.regions.take_all(id) {
+        let Some(index) = self.clients.iter().position(|c| c.id == id) else {
+            return;
+        };
+        if self.clients[index].busy {
+            self.clients[index].closing = true;
+            return;
+        }
+        self.clients.remove(index);
+        for owned in self.regions.remove_all(id) {
             if let Err(e) = self.vm.remove_memory_region(owned.slot) {
                 log::error!(
                     "vm_control: cannot free slot {} of client {id:?}: {e}",
@@ -266,19 +453,36 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
                 prot,
                 cache,
             } => {
-                let (region, arena) = build_region(source, descriptor, prot)?;
+                let policy = self
+                    .clients
+                    .iter()
+                    .find(|c| c.id == id)
+                    .map(|c| &c.policy)
+                    .ok_or(VmMemoryError::OutsideGrant { gpa, size: 0 })?;
+                // Grant and quota first, from the size the request names (a memfd's from its
+                // descriptor): nothing is reserved or mapped for a request that cannot stand.
+                let (source, size) = sized_source(source, descriptor)?;
+                policy.check(gpa, size, self.regions.usage(id))?;
+                let (region, arena) = build_region(source, prot)?;
                 let slot = self
                     .vm
                     .add_memory_region(GuestAddress(gpa), region, !prot.is_write(), false, cache)
                     .map_err(|e| failed("register memory", e.errno(), e))?;
-                let id = self.regions.insert(id, slot, arena);
+                let id = self.regions.insert(Owned {
+                    owner: id,
+                    slot,
+                    arena,
+                    size,
+                });
                 Ok(VmMemoryResponse::RegisterMemory { id, slot })
             }
             UnregisterMemory(region) => {
-                let owned = self.regions.take(id, region)?;
+                // The region stays the client's until its slot is really gone.
+                let owned = self.regions.get(id, region)?;
                 self.vm
                     .remove_memory_region(owned.slot)
                     .map_err(|e| failed("unregister memory", e.errno(), e))?;
+                self.regions.remove(id, region)?;
                 Ok(VmMemoryResponse::Ok)
             }
             MsyncArena {
@@ -357,6 +561,19 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
         Ok(owned.slot)
     }
 
+    /// The slot and the checked range of a range request on region `id` of `client`.
+    fn range_args(
+        &self,
+        client: ClientId,
+        id: VmMemoryRegionId,
+        offset: u64,
+        size: u64,
+    ) -> std::result::Result<(MemSlot, usize, usize), VmMemoryError> {
+        let slot = self.regions.get(client, id)?.slot;
+        let (offset, size) = (to_usize(offset, "offset")?, nonzero(size, "size")?);
+        Ok((slot, offset, size))
+    }
+
     fn on_range(
         &self,
         client: ClientId,
@@ -366,30 +583,57 @@ impl<V: Vm + ?Sized> VmMemoryServer<V> {
         op: &str,
         f: impl FnOnce(&V, hypervisor::MemSlot, usize, usize) -> hypervisor::Result<()>,
     ) -> std::result::Result<VmMemoryResponse, VmMemoryError> {
-        let slot = self.regions.get(client, id)?.slot;
-        let (offset, size) = (to_usize(offset, "offset")?, nonzero(size, "size")?);
+        let (slot, offset, size) = self.range_args(client, id, offset, size)?;
         f(&self.vm, slot, offset, size).map_err(|e| failed(op, e.errno(), e))?;
         Ok(VmMemoryResponse::Ok)
     }
 }
 
-/// Maps what a registration names. Returns the region and whether it is an arena.
-fn build_region(
+/// What a registration maps, once its size is known: a memfd's is read from it.
+enum Source {
+    Arena(usize),
+    SharedMemory(SharedMemory, usize),
+    Descriptor(SafeDescriptor, u64, usize),
+}
+
+/// Pairs the source with its descriptor and finds the size it would register.
+fn sized_source(
     source: VmMemorySource,
     descriptor: Option<SafeDescriptor>,
-    prot: Protection,
-) -> std::result::Result<(Box<dyn MappedRegion>, bool), VmMemoryError> {
-    let mapping_failed = |e: base::mmap::Error| failed("map the region", e.errno(), e);
+) -> std::result::Result<(Source, u64), VmMemoryError> {
     match (source, descriptor) {
         (VmMemorySource::Arena { size }, None) => {
-            let arena =
-                MemoryMappingArena::new(nonzero(size, "arena size")?).map_err(mapping_failed)?;
-            Ok((Box::new(arena), true))
+            Ok((Source::Arena(nonzero(size, "arena size")?), size))
         }
         (VmMemorySource::SharedMemory, Some(fd)) => {
             let shm = SharedMemory::from_safe_descriptor(fd)
                 .map_err(|e| failed("receive shared memory", libc::EINVAL, e))?;
-            let size = nonzero(shm.size(), "shared memory size")?;
+            let size = shm.size();
+            let len = nonzero(size, "shared memory size")?;
+            Ok((Source::SharedMemory(shm, len), size))
+        }
+        (VmMemorySource::Descriptor { offset, size }, Some(fd)) => {
+            Ok((Source::Descriptor(fd, offset, nonzero(size, "size")?), size))
+        }
+        (source, fd) => Err(VmMemoryError::DescriptorCount {
+            needed: usize::from(!matches!(source, VmMemorySource::Arena { .. })),
+            count: usize::from(fd.is_some()),
+        }),
+    }
+}
+
+/// Maps what a registration names. Returns the region and whether it is an arena.
+fn build_region(
+    source: Source,
+    prot: Protection,
+) -> std::result::Result<(Box<dyn MappedRegion>, bool), VmMemoryError> {
+    let mapping_failed = |e: base::mmap::Error| failed("map the region", e.errno(), e);
+    match source {
+        Source::Arena(size) => {
+            let arena = MemoryMappingArena::new(size).map_err(mapping_failed)?;
+            Ok((Box::new(arena), true))
+        }
+        Source::SharedMemory(shm, size) => {
             let mapping = MemoryMappingBuilder::new(size)
                 .from_shared_memory(&shm)
                 .protection(prot)
@@ -397,8 +641,8 @@ fn build_region(
                 .map_err(mapping_failed)?;
             Ok((Box::new(mapping), false))
         }
-        (VmMemorySource::Descriptor { offset, size }, Some(fd)) => {
-            let mapping = MemoryMappingBuilder::new(nonzero(size, "size")?)
+        Source::Descriptor(fd, offset, size) => {
+            let mapping = MemoryMappingBuilder::new(size)
                 .from_descriptor(&fd)
                 .offset(offset)
                 .protection(prot)
@@ -406,10 +650,6 @@ fn build_region(
                 .map_err(mapping_failed)?;
             Ok((Box::new(mapping), false))
         }
-        (source, fd) => Err(VmMemoryError::DescriptorCount {
-            needed: usize::from(!matches!(source, VmMemorySource::Arena { .. })),
-            count: usize::from(fd.is_some()),
-        }),
     }
 }
 

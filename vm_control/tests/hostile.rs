@@ -97,12 +97,12 @@ fn hostile_messages_get_answers_and_leak_nothing() {
         .register_memory(
             VmMemorySource::Arena { size: 4 * P },
             None,
-            0x100_0000,
+            grant_base(1) + 0x100_0000,
             Protection::read_write(),
             MemCacheType::CacheCoherent,
         )
         .unwrap();
-    bystander_works(0x200_0000);
+    bystander_works(grant_base(1) + 0x200_0000);
 
     let fds_before = open_fds();
     let maps_before = maps_lines();
@@ -228,17 +228,17 @@ fn hostile_messages_get_answers_and_leak_nothing() {
         }
         requests += 1;
         if requests % 1000 < 12 {
-            bystander_works(0x200_0000);
+            bystander_works(grant_base(1) + 0x200_0000);
         }
     }
     drop(pipe_w);
-    bystander_works(0x200_0000);
+    bystander_works(grant_base(1) + 0x200_0000);
     assert_eq!(open_fds(), fds_before, "descriptors leaked");
     assert_eq!(maps_lines(), maps_before, "mappings leaked");
 
     // Finally the hostile client disconnects; the server drops it and keeps serving.
     drop(hostile);
-    bystander_works(0x200_0000);
+    bystander_works(grant_base(1) + 0x200_0000);
     bystander.unregister_memory(victim).unwrap();
     let server = served.stop();
     assert_eq!(server.client_count(), 1);

@@ -72,12 +72,12 @@ fn one_client_cannot_touch_the_others_regions_and_closing_frees_slots() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(freed, "the closed client's arena is still mapped");
-    // Bob can now use the same addresses, and gets the freed slot number back.
+    // Bob registers in his own grant, and gets the freed slot number back.
     let (_, bobs_slot) = bob
         .register_memory(
             VmMemorySource::Arena { size: 8 * P },
             None,
-            0x10_0000,
+            common::grant_base(1) + 0x10_0000,
             rw,
             MemCacheType::CacheCoherent,
         )
@@ -86,7 +86,7 @@ fn one_client_cannot_touch_the_others_regions_and_closing_frees_slots() {
     bob.register_memory(
         VmMemorySource::SharedMemory,
         Some(&shm),
-        0x20_0000,
+        common::grant_base(1) + 0x20_0000,
         rw,
         MemCacheType::CacheCoherent,
     )

@@ -17,12 +17,14 @@ use hypervisor::MemCacheType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vm_control::{
-    VmMemoryDestination, VmMemoryRegionId, VmMemoryRequest, VmMemoryResponse, VmMemoryServer,
-    VmMemorySource,
+    ClientPolicy, VmMemoryDestination, VmMemoryRegionId, VmMemoryRequest, VmMemoryResponse,
+    VmMemoryServer, VmMemorySource,
 };
 use vm_memory::{GuestAddress, GuestMemory};
 
 const ROUNDS: usize = 5_000;
+/// Each client's grant: client 0 from 0, client 1 from `BASE_SPAN`.
+const BASE_SPAN: u64 = 1 << 40;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -59,7 +61,7 @@ fn prot(rng: &mut StdRng) -> Protection {
     ][rng.random_range(0..4)]
 }
 
-fn request(rng: &mut StdRng, ids: &[VmMemoryRegionId]) -> VmMemoryRequest {
+fn request(rng: &mut StdRng, ids: &[VmMemoryRegionId], base: u64) -> VmMemoryRequest {
     let id = if !ids.is_empty() && rng.random_bool(0.8) {
         ids[rng.random_range(0..ids.len())]
     } else {
@@ -76,7 +78,7 @@ fn request(rng: &mut StdRng, ids: &[VmMemoryRegionId]) -> VmMemoryRequest {
             source: source(rng),
             // Mostly free guest space above the 64 KiB of boot RAM, sometimes on it.
             dest: VmMemoryDestination::GuestPhysicalAddress(if rng.random_bool(0.8) {
-                0x100_0000 + rng.random_range(0..64) * 16 * P
+                base + 0x100_0000 + rng.random_range(0..64) * 16 * P
             } else {
                 interesting(rng)
             }),
@@ -103,9 +105,14 @@ fn request(rng: &mut StdRng, ids: &[VmMemoryRegionId]) -> VmMemoryRequest {
 
 /// A request that should succeed, and which descriptor it needs: 0 the memfd, 1 the file,
 /// anything else none.
-fn valid_request(rng: &mut StdRng, mine: &[VmMemoryRegionId]) -> (VmMemoryRequest, usize) {
-    let dest =
-        VmMemoryDestination::GuestPhysicalAddress(0x100_0000 + rng.random_range(0..64) * 16 * P);
+fn valid_request(
+    rng: &mut StdRng,
+    mine: &[VmMemoryRegionId],
+    base: u64,
+) -> (VmMemoryRequest, usize) {
+    let dest = VmMemoryDestination::GuestPhysicalAddress(
+        base + 0x100_0000 + rng.random_range(0..64) * 16 * P,
+    );
     let register = |source| VmMemoryRequest::RegisterMemory {
         source,
         dest,
@@ -170,10 +177,20 @@ fn random_messages_are_answered_and_leave_nothing_behind() {
     };
     let mem = GuestMemory::new(&[(GuestAddress(0), 16 * P)]).unwrap();
     let vm = std::sync::Arc::new(KvmVm::new(&kvm, mem).unwrap());
-    let mut server = VmMemoryServer::new(vm.clone());
+    let mut server = VmMemoryServer::new(vm.clone()).unwrap();
     let (_a_end, a_server) = Tube::pair().unwrap();
     let (_b_end, b_server) = Tube::pair().unwrap();
-    let clients = [server.add_client(a_server), server.add_client(b_server)];
+    // Each client in its own grant, with room for all it may register here.
+    let policy = |base: u64| {
+        ClientPolicy::new()
+            .grant(GuestAddress(base), BASE_SPAN)
+            .max_regions(10_000)
+            .max_bytes(u64::MAX)
+    };
+    let clients = [
+        server.add_client(a_server, policy(0)).unwrap(),
+        server.add_client(b_server, policy(BASE_SPAN)).unwrap(),
+    ];
     let shm = SharedMemory::new("randomized", 16 * P).unwrap();
     let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
     file.set_len(16 * P).unwrap();
@@ -189,9 +206,9 @@ fn random_messages_are_answered_and_leave_nothing_behind() {
         let known: Vec<VmMemoryRegionId> = owned.iter().flatten().copied().collect();
         let well_formed = rng.random_bool(0.3);
         let (req, kind) = if well_formed {
-            valid_request(&mut rng, &owned[who])
+            valid_request(&mut rng, &owned[who], who as u64 * BASE_SPAN)
         } else {
-            (request(&mut rng, &known), 3)
+            (request(&mut rng, &known, who as u64 * BASE_SPAN), 3)
         };
         let mut bytes = packet(&req);
         match if well_formed {

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use base::{AsRawDescriptor, RawDescriptor, Tube};
 use hypervisor::kvm::{Kvm, KvmVcpu, KvmVm};
 use hypervisor::{Vcpu, VcpuExit, Vm};
-use vm_control::VmMemoryServer;
+use vm_control::{ClientPolicy, VmMemoryServer};
 use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -50,16 +50,42 @@ pub struct Served {
     thread: Option<JoinHandle<VmMemoryServer<KvmVm>>>,
 }
 
+/// The guest-physical span granted to each client `Served::start` adds: client `i` may
+/// register memory in `i * CLIENT_SPAN..(i + 1) * CLIENT_SPAN`.
+pub const CLIENT_SPAN: u64 = 1 << 34;
+
+/// The start of client `i`'s grant.
+pub fn grant_base(i: usize) -> u64 {
+    i as u64 * CLIENT_SPAN
+}
+
+/// Client `i`'s policy for `Served::start`: its span, default quotas.
+pub fn policy_of(i: usize) -> ClientPolicy {
+    ClientPolicy::new().grant(GuestAddress(grant_base(i)), CLIENT_SPAN)
+}
+
 impl Served {
-    /// Starts the server with `clients` connections and returns the client ends.
+    /// Starts the server with `clients` connections and returns the client ends; client `i`
+    /// has the grant of [`policy_of`].
     pub fn start(kvm: &Kvm, clients: usize) -> (Served, Vec<Tube>) {
+        Served::start_with(kvm, (0..clients).map(policy_of).collect())
+    }
+
+    /// Starts the server with one connection per policy and returns the client ends.
+    pub fn start_with(kvm: &Kvm, policies: Vec<ClientPolicy>) -> (Served, Vec<Tube>) {
         let mem = GuestMemory::new(&[(GuestAddress(0), 16 * P)]).unwrap();
         let vm = Arc::new(KvmVm::new(kvm, mem).unwrap());
-        let mut server = VmMemoryServer::new(vm.clone());
-        let ends = (0..clients)
-            .map(|_| {
+        Served::start_on(vm, policies)
+    }
+
+    /// Starts a server for `vm` with one connection per policy.
+    pub fn start_on(vm: Arc<KvmVm>, policies: Vec<ClientPolicy>) -> (Served, Vec<Tube>) {
+        let mut server = VmMemoryServer::new(vm.clone()).unwrap();
+        let ends = policies
+            .into_iter()
+            .map(|policy| {
                 let (client, server_end) = Tube::pair().unwrap();
-                server.add_client(server_end);
+                server.add_client(server_end, policy).unwrap();
                 client
             })
             .collect();
