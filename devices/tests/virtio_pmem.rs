@@ -16,7 +16,8 @@ use devices::virtio::pmem::{
 };
 use devices::virtio::queue::{Queue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use hypervisor::kvm::{Kvm, KvmVm};
-use vm_control::{VmMemoryClient, VmMemoryServer};
+use hypervisor::Vm;
+use vm_control::{ClientPolicy, VmMemoryClient, VmMemoryServer};
 use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -62,9 +63,11 @@ impl Rig {
     fn new(kvm: &Kvm, file: &std::fs::File) -> Rig {
         let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let vm = Arc::new(KvmVm::new(kvm, mem.clone()).unwrap());
-        let mut server = VmMemoryServer::new(vm);
+        let mut server = VmMemoryServer::new(vm).unwrap();
         let (client, server_end) = Tube::pair().unwrap();
-        server.add_client(server_end);
+        // The device may register only its own window.
+        let grant = ClientPolicy::new().grant(GuestAddress(PMEM_GPA), 1 << 30);
+        server.add_client(server_end, grant).unwrap();
         let exit = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let thread_exit = Exit(exit.clone());
         let server = std::thread::spawn(move || server.run(&thread_exit).unwrap());
@@ -320,22 +323,30 @@ fn pmem_set_up_refusals() {
     };
     let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let vm = Arc::new(KvmVm::new(&kvm, mem).unwrap());
-    let mut server = VmMemoryServer::new(vm);
+    let mut server = VmMemoryServer::new(vm.clone()).unwrap();
+    // Each device its own window: client `i` (popped from the end) may register at
+    // `window(i)`; the one that tries boot RAM is granted boot RAM, which the VM refuses.
+    let window = |i: u64| PMEM_GPA + i * 0x1000_0000;
     let mut clients = Vec::new();
-    for _ in 0..5 {
+    for i in 0..5u64 {
         let (client, server_end) = Tube::pair().unwrap();
-        server.add_client(server_end);
+        let grant = if i == 2 {
+            ClientPolicy::new().grant(GuestAddress(0), 1 << 20)
+        } else {
+            ClientPolicy::new().grant(GuestAddress(window(i)), 0x1000_0000)
+        };
+        server.add_client(server_end, grant).unwrap();
         clients.push(VmMemoryClient::new(client));
     }
     let exit = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
     let thread_exit = Exit(exit.clone());
     let thread = std::thread::spawn(move || server.run(&thread_exit).unwrap());
     let file = backing_file(4096);
-    let err = Pmem::new(clients.pop().unwrap(), &file, PMEM_GPA + 4096)
+    let err = Pmem::new(clients.pop().unwrap(), &file, window(4) + 4096)
         .err()
         .unwrap();
     assert!(matches!(err, PmemError::Unaligned { .. }), "{err}");
-    let err = Pmem::new(clients.pop().unwrap(), &backing_file(0), PMEM_GPA)
+    let err = Pmem::new(clients.pop().unwrap(), &backing_file(0), window(3))
         .err()
         .unwrap();
     assert!(matches!(err, PmemError::EmptyFile), "{err}");
@@ -343,16 +354,27 @@ fn pmem_set_up_refusals() {
     let err = Pmem::new(clients.pop().unwrap(), &file, 0).err().unwrap();
     assert!(matches!(err, PmemError::Register { .. }), "{err}");
     // A file the VM cannot map writable: the window was registered first, and the failed
-    // set-up must unregister it, so the same address is free for the next device.
+    // set-up must unregister it, so the window is free again (the VM itself can map it).
     let temp = vmm_sys_util::tempfile::TempFile::new().unwrap();
     temp.as_file().set_len(4096).unwrap();
     let read_only = std::fs::File::open(temp.as_path()).unwrap();
-    let err = Pmem::new(clients.pop().unwrap(), &read_only, PMEM_GPA)
+    let err = Pmem::new(clients.pop().unwrap(), &read_only, window(1))
         .err()
         .unwrap();
     assert!(matches!(err, PmemError::MapFile { len: 4096, .. }), "{err}");
-    let pmem = Pmem::new(clients.pop().unwrap(), &file, PMEM_GPA).unwrap();
-    assert_eq!((pmem.guest_addr(), pmem.size()), (PMEM_GPA, 2 << 20));
+    let probe = base::MemoryMappingBuilder::new(2 << 20).build().unwrap();
+    let slot = vm
+        .add_memory_region(
+            GuestAddress(window(1)),
+            Box::new(probe),
+            false,
+            false,
+            hypervisor::MemCacheType::CacheCoherent,
+        )
+        .expect("the failed device's window was left registered");
+    vm.remove_memory_region(slot).unwrap();
+    let pmem = Pmem::new(clients.pop().unwrap(), &file, window(0)).unwrap();
+    assert_eq!((pmem.guest_addr(), pmem.size()), (window(0), 2 << 20));
     exit.write(1).unwrap();
     thread.join().unwrap();
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use base::{SafeDescriptor, SharedMemory, Tube};
 use hypervisor::kvm::{Kvm, KvmVm};
 use libfuzzer_sys::fuzz_target;
-use vm_control::{ClientId, VmMemoryServer};
+use vm_control::{ClientId, ClientPolicy, VmMemoryServer};
 use vm_memory::{GuestAddress, GuestMemory};
 
 struct State {
@@ -29,14 +29,19 @@ struct State {
     pipe: std::io::PipeReader,
 }
 
+/// What the fuzzed client may do: all of the address space, default quotas.
+fn policy() -> ClientPolicy {
+    ClientPolicy::new().grant(GuestAddress(0), u64::MAX)
+}
+
 impl State {
     fn new() -> State {
         let kvm = Kvm::new().expect("this fuzz target needs /dev/kvm");
         let mem = GuestMemory::new(&[(GuestAddress(0), 0x10000)]).unwrap();
         let vm = Arc::new(KvmVm::new(&kvm, mem).unwrap());
-        let mut server = VmMemoryServer::new(vm);
+        let mut server = VmMemoryServer::new(vm).unwrap();
         let (client_end, server_end) = Tube::pair().unwrap();
-        let client = server.add_client(server_end);
+        let client = server.add_client(server_end, policy()).unwrap();
         let file = File::from(SafeDescriptor::from(
             SharedMemory::new("fuzz-file", 0x10000).unwrap(),
         ));
@@ -56,7 +61,7 @@ impl State {
     fn reconnect(&mut self) {
         self.server.remove_client(self.client);
         let (client_end, server_end) = Tube::pair().unwrap();
-        self.client = self.server.add_client(server_end);
+        self.client = self.server.add_client(server_end, policy()).unwrap();
         self._client_end = client_end;
     }
 }

@@ -18,7 +18,7 @@ use devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use devices::virtio::pmem::Pmem;
 use hypervisor::kvm::{Kvm, KvmVm};
 use hypervisor::{dirty_log_bitmap_size, MemCacheType, Vcpu, VcpuExit, Vm};
-use vm_control::{VmMemoryClient, VmMemoryServer};
+use vm_control::{ClientPolicy, VmMemoryClient, VmMemoryServer};
 use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -32,6 +32,9 @@ const RAM_HIGH: (u64, u64) = (0x20_0000, 0x20_0000);
 const READ_ONLY: u64 = 0x80_0000;
 const MMIO: u64 = 0xd000_0000;
 const PMEM: u64 = 0x4000_0000;
+/// The guest-physical space granted to the pmem device: from its window up to the MMIO
+/// devices, which no slot may cover.
+const PMEM_WINDOW: u64 = MMIO - PMEM;
 const DIRTY_PAGES: [u32; 5] = [0x20_0000, 0x20_3000, 0x20_4000, 0x2f_f000, 0x3f_f000];
 const READ_ONLY_FILL: u32 = 0x5a5a_5a5a;
 
@@ -151,9 +154,13 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
     let exit = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?);
     let (client, server_thread) =
         r.step("start the vm_control server with the device's tube", || {
-            let mut server = VmMemoryServer::new(vm.clone());
+            let mut server = VmMemoryServer::new(vm.clone()).map_err(|e| e.to_string())?;
             let (client, server_end) = Tube::pair().map_err(|e| e.to_string())?;
-            server.add_client(server_end);
+            // The pmem device may register memory only in its own window.
+            let grant = ClientPolicy::new().grant(GuestAddress(PMEM), PMEM_WINDOW);
+            server
+                .add_client(server_end, grant)
+                .map_err(|e| e.to_string())?;
             let thread_exit = Exit(exit.clone());
             let thread = std::thread::spawn(move || server.run(&thread_exit));
             Ok((VmMemoryClient::new(client), thread))
@@ -172,6 +179,10 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
     r.step("put the device behind virtio-mmio on the bus", || {
         let transport = MmioTransport::new(Box::new(pmem), mem.clone());
         bus.insert(Arc::new(Mutex::new(transport)), MMIO, MMIO_SIZE)
+            .map_err(|e| e.to_string())?;
+        // The bus owns this window: no slot may ever cover it, by any path.
+        let page = base::pagesize() as u64;
+        vm.reserve_guest_range(GuestAddress(MMIO), MMIO_SIZE.next_multiple_of(page))
             .map_err(|e| e.to_string())
     })?;
 

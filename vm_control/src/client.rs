@@ -49,6 +49,11 @@ impl VmMemoryClient {
         }
     }
 
+    /// The tube back, for a caller that speaks raw requests.
+    pub fn into_tube(self) -> Tube {
+        self.tube.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn request(
         &self,
         request: &VmMemoryRequest,

@@ -31,17 +31,6 @@ impl ScmSocket for Raw {
     }
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn maps_lines() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .count()
-}
-
 /// The wire form of a value: the tube header byte, then postcard.
 fn packet<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut bytes = vec![0x7b];

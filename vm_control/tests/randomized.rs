@@ -26,10 +26,6 @@ const ROUNDS: usize = 5_000;
 /// Each client's grant: client 0 from 0, client 1 from `BASE_SPAN`.
 const BASE_SPAN: u64 = 1 << 40;
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 fn interesting(rng: &mut StdRng) -> u64 {
     const VALUES: [u64; 10] = [0, 1, 7, P - 1, P, 2 * P, 4 * P, 16 * P, 1 << 40, u64::MAX];
     if rng.random_bool(0.7) {

@@ -147,3 +147,16 @@ pub fn guest_reads(vm: &KvmVm, gpa: u32) -> Result<u32, VcpuExit> {
         }
     }
 }
+
+/// Descriptors this process has open.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Lines of `/proc/self/maps`: a mapping left behind shows as more.
+pub fn maps_lines() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
