@@ -159,6 +159,15 @@ pub enum Error {
         /// The slot's size.
         slot_size: u64,
     },
+    /// `run` was called again while the guest still waits for the bytes of an MMIO or port
+    /// read: KVM would complete the read with whatever the run structure held.
+    #[error("the guest's {what} read at {address:#x} was not answered with set_data")]
+    UnansweredRead {
+        /// "MMIO" or "port".
+        what: &'static str,
+        /// The guest physical address or the port.
+        address: u64,
+    },
     /// No live slot has this number.
     #[error("no memory slot {slot}")]
     UnknownSlot {
@@ -207,7 +216,9 @@ impl Error {
             Error::AddressOverflow { .. } => libc::EOVERFLOW,
             Error::SlotRange { .. } => libc::ERANGE,
             Error::ApiVersion { .. } => libc::ENOSYS,
-            Error::DirtyLogNotEnabled { .. } | Error::NoPendingRead => libc::EINVAL,
+            Error::DirtyLogNotEnabled { .. }
+            | Error::NoPendingRead
+            | Error::UnansweredRead { .. } => libc::EINVAL,
             Error::DirtyLogBufferTooSmall { .. }
             | Error::NotPageAligned { .. }
             | Error::WrongDataSize { .. }

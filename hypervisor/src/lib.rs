@@ -78,8 +78,9 @@ pub enum VcpuExit {
         /// The bytes written, or `None` for a read.
         data: Option<[u8; 8]>,
     },
-    /// The guest executed `in` or `out`. `data` holds the first element written by an `out`;
-    /// for an `in`, supply the bytes with [`Vcpu::set_data`].
+    /// The guest executed `in` or `out`. `data` holds the first element written by an `out`
+    /// (all of them, for string I/O, are in [`Vcpu::io_data`]); for an `in`, supply the
+    /// bytes with [`Vcpu::set_data`].
     Io {
         /// The port.
         port: u16,
@@ -205,6 +206,11 @@ pub trait Vcpu: Send {
     fn run(&mut self) -> Result<VcpuExit>;
 
     /// Supplies the bytes for the MMIO or port read that the last exit asked for; the guest
-    /// sees them when it runs again. The length must be the access size.
+    /// sees them when it runs again. The length must be the access size (times the count,
+    /// for string I/O). Running again without it is [`Error::UnansweredRead`].
     fn set_data(&mut self, data: &[u8]) -> Result<()>;
+
+    /// All the bytes of the last exit's port write: `size * count` of them, so string I/O
+    /// (`rep outs`) is seen whole. `None` unless the last exit was a port write.
+    fn io_data(&self) -> Option<&[u8]>;
 }

@@ -5,6 +5,7 @@
 //! and [`KvmVcpu`].
 
 mod ioctls;
+mod kick;
 mod slots;
 mod vcpu;
 
@@ -24,6 +25,7 @@ use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_ref, ioctl_with_val};
 
 use self::ioctls::*;
+pub use self::kick::VcpuKicker;
 use self::slots::{Slot, SlotMemory, SlotTable};
 pub use self::vcpu::KvmVcpu;
 use crate::{dirty_log_bitmap_size, Error, Hypervisor, MemCacheType, MemSlot, Result, Vm, VmCap};

@@ -20,13 +20,21 @@ use vmm_sys_util::ioctl::ioctl;
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
 
 use super::ioctls::*;
+use super::kick::{self, VcpuKicker};
 use crate::{Error, Result, Vcpu, VcpuExit};
 
 /// A read the guest is waiting on, and where its bytes go in the run structure.
 #[derive(Clone, Copy, Debug)]
 enum PendingRead {
-    Mmio { len: usize },
-    Io { offset: usize, len: usize },
+    Mmio {
+        address: u64,
+        len: usize,
+    },
+    Io {
+        port: u16,
+        offset: usize,
+        len: usize,
+    },
 }
 
 /// A KVM vCPU.
@@ -35,8 +43,13 @@ pub struct KvmVcpu {
     id: usize,
     fd: File,
     /// The kernel's `struct kvm_run` for this vCPU, plus the pages after it (port I/O data).
-    run: MemoryMapping,
+    run: Arc<MemoryMapping>,
     pending: Option<PendingRead>,
+    /// Where the bytes of the last port write are in the run structure (all elements of a
+    /// string write).
+    out_data: Option<(usize, usize)>,
+    /// The kernel thread id of the thread inside `KVM_RUN`, or 0: whom a kick signals.
+    running_tid: Arc<std::sync::atomic::AtomicI32>,
     /// The VM's boot RAM and slot table, kept alive (and mapped) while this vCPU can run,
     /// even if the `KvmVm` is dropped first.
     _memory: VmMemory,
@@ -66,14 +79,25 @@ impl KvmVcpu {
         Ok(KvmVcpu {
             id,
             fd,
-            run,
+            run: Arc::new(run),
             pending: None,
+            out_data: None,
+            running_tid: Arc::new(std::sync::atomic::AtomicI32::new(0)),
             _memory: memory,
         })
     }
 
     fn run_ptr(&self) -> *mut kvm_run {
         self.run.as_ptr() as *mut kvm_run
+    }
+
+    /// A handle another thread uses to make this vCPU leave `run` with [`VcpuExit::Intr`]:
+    /// at once if it is running guest code, or as soon as it next enters it.
+    pub fn kicker(&self) -> VcpuKicker {
+        VcpuKicker {
+            run: self.run.clone(),
+            running_tid: self.running_tid.clone(),
+        }
     }
 
     /// The general registers.
@@ -194,7 +218,10 @@ impl KvmVcpu {
                     let data = if mmio.is_write != 0 {
                         Some(mmio.data)
                     } else {
-                        self.pending = Some(PendingRead::Mmio { len: size });
+                        self.pending = Some(PendingRead::Mmio {
+                            address: mmio.phys_addr,
+                            len: size,
+                        });
                         None
                     };
                     VcpuExit::Mmio {
@@ -220,9 +247,14 @@ impl KvmVcpu {
                         let mut first = [0u8; 4];
                         let src = (run as *const u8).add(offset);
                         std::ptr::copy_nonoverlapping(src, first.as_mut_ptr(), size);
+                        self.out_data = Some((offset, len));
                         Some(first)
                     } else {
-                        self.pending = Some(PendingRead::Io { offset, len });
+                        self.pending = Some(PendingRead::Io {
+                            port: io.port,
+                            offset,
+                            len,
+                        });
                         None
                     };
                     VcpuExit::Io {
@@ -263,17 +295,41 @@ impl Vcpu for KvmVcpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit> {
-        self.pending = None;
+        match self.pending {
+            Some(PendingRead::Mmio { address, .. }) => {
+                return Err(Error::UnansweredRead {
+                    what: "MMIO",
+                    address,
+                })
+            }
+            Some(PendingRead::Io { port, .. }) => {
+                return Err(Error::UnansweredRead {
+                    what: "port",
+                    address: port.into(),
+                })
+            }
+            None => {}
+        }
+        self.out_data = None;
+        kick::install_handler();
+        self.running_tid
+            .store(kick::current_tid(), std::sync::atomic::Ordering::SeqCst);
         // SAFETY: KVM_RUN takes no argument; it writes only the run structure, which we keep
         // mapped for the vCPU's life.
         let ret = unsafe { ioctl(&self.fd, KVM_RUN()) };
+        self.running_tid
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        // A kick asks for one exit; the next run goes on.
+        kick::clear_immediate_exit(&self.run);
         if ret < 0 {
             let err = std::io::Error::last_os_error();
             // SAFETY: reading the exit reason of our own mapped run structure.
             let reason = unsafe { addr_of!((*self.run_ptr()).exit_reason).read() };
             return match err.raw_os_error() {
                 Some(libc::EINTR) | Some(libc::EAGAIN) => Ok(VcpuExit::Intr),
-                Some(libc::EFAULT) if reason == KVM_EXIT_MEMORY_FAULT => Ok(self.memory_fault()),
+                Some(libc::EFAULT) | Some(libc::EHWPOISON) if reason == KVM_EXIT_MEMORY_FAULT => {
+                    Ok(self.memory_fault())
+                }
                 _ => Err(Error::Ioctl {
                     op: "KVM_RUN",
                     detail: format!("vcpu {}", self.id),
@@ -284,11 +340,19 @@ impl Vcpu for KvmVcpu {
         Ok(self.decode_exit())
     }
 
+    fn io_data(&self) -> Option<&[u8]> {
+        let (offset, len) = self.out_data?;
+        // `offset + len` was checked against the mapping's size when the exit was decoded,
+        // and the vCPU is not running, so the kernel does not change these bytes now.
+        // SAFETY: see above; the slice borrows `self`, so no run can start while it lives.
+        Some(unsafe { std::slice::from_raw_parts(self.run.as_ptr().add(offset), len) })
+    }
+
     fn set_data(&mut self, data: &[u8]) -> Result<()> {
         let run = self.run_ptr();
         match self.pending {
             None => Err(Error::NoPendingRead),
-            Some(PendingRead::Mmio { len }) | Some(PendingRead::Io { len, .. })
+            Some(PendingRead::Mmio { len, .. }) | Some(PendingRead::Io { len, .. })
                 if data.len() != len =>
             {
                 Err(Error::WrongDataSize {
@@ -296,7 +360,7 @@ impl Vcpu for KvmVcpu {
                     got: data.len(),
                 })
             }
-            Some(PendingRead::Mmio { len }) => {
+            Some(PendingRead::Mmio { len, .. }) => {
                 // SAFETY: `len <= 8` bytes into the mmio data array of our mapped run
                 // structure; the vCPU is not running.
                 unsafe {
@@ -306,7 +370,7 @@ impl Vcpu for KvmVcpu {
                 self.pending = None;
                 Ok(())
             }
-            Some(PendingRead::Io { offset, len }) => {
+            Some(PendingRead::Io { offset, len, .. }) => {
                 // SAFETY: `offset + len` was checked against the mapping's size when the exit
                 // was decoded.
                 unsafe {
