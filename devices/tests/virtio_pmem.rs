@@ -63,6 +63,11 @@ impl Rig {
     fn new(kvm: &Kvm, file: &std::fs::File) -> Rig {
         let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let vm = Arc::new(KvmVm::new(kvm, mem.clone()).unwrap());
+        Rig::on(vm, mem, file)
+    }
+
+    /// The rig over any `Vm` (a KVM VM, or one that injects faults).
+    fn on<V: Vm + 'static>(vm: Arc<V>, mem: GuestMemory, file: &std::fs::File) -> Rig {
         let mut server = VmMemoryServer::new(vm).unwrap();
         let (client, server_end) = Tube::pair().unwrap();
         // The device may register only its own window.
@@ -202,10 +207,29 @@ impl Drop for Rig {
     }
 }
 
+/// A file of `len` bytes on the build directory's disk filesystem (where dirty pages are
+/// written back, so `cachestat` can tell a flushed file from an unflushed one).
 fn backing_file(len: u64) -> std::fs::File {
-    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let file = vmm_sys_util::tempfile::TempFile::new_in(&dir)
+        .unwrap()
+        .into_file();
     file.set_len(len).unwrap();
     file
+}
+
+/// The file's dirty pages (and those under writeback), or why they cannot be counted here.
+fn dirty_pages(file: &std::fs::File) -> Result<u64, String> {
+    use std::os::fd::AsFd;
+    if !base::page_cache::has_writeback(file.as_fd()).map_err(|e| e.to_string())? {
+        return Err("the build directory is on tmpfs, which has no writeback".into());
+    }
+    match base::page_cache::cachestat(file.as_fd(), 0, 0) {
+        Ok(stat) => Ok(stat.dirty + stat.writeback),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[test]
@@ -225,14 +249,26 @@ fn flush_reaches_the_file_and_config_reports_the_window() {
         PMEM_GPA
     );
     assert_eq!(u64::from_le_bytes(config[8..].try_into().unwrap()), 4 << 20);
-    // What the guest writes through the window lands in the file's page cache; the flush
-    // makes it durable.
+    // What the guest writes through the window lands in the file's page cache, dirty; the
+    // flush makes it durable, which only a dirty-page count can show (reading the file back
+    // through another descriptor shares the page cache).
     let view = MemoryMappingBuilder::new((3 << 20) + 100)
         .from_file(&file)
         .build()
         .unwrap();
     view.write_slice(b"persistent record", 0x1234).unwrap();
+    let before = dirty_pages(&file);
+    if let Ok(dirty) = &before {
+        assert!(
+            *dirty > 0,
+            "the write left no dirty page: the check could not fail"
+        );
+    }
     assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
+    match (before, dirty_pages(&file)) {
+        (Ok(_), Ok(after)) => assert_eq!(after, 0, "pages still dirty after FLUSH"),
+        (Err(why), _) | (_, Err(why)) => println!("SKIP the dirty-page check: {why}"),
+    }
     let mut back = [0u8; 17];
     file.read_exact_at(&mut back, 0x1234).unwrap();
     assert_eq!(&back, b"persistent record");
@@ -242,17 +278,126 @@ fn flush_reaches_the_file_and_config_reports_the_window() {
     }
 }
 
+/// A KVM VM whose msync fails with EIO when `fail` is set, as on a disk that reports a write
+/// error: the device must answer its FLUSH with EIO.
+struct FailingMsync {
+    inner: KvmVm,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Vm for FailingMsync {
+    fn check_capability(&self, cap: hypervisor::VmCap) -> bool {
+        self.inner.check_capability(cap)
+    }
+    fn get_memory(&self) -> &GuestMemory {
+        self.inner.get_memory()
+    }
+    fn add_memory_region(
+        &self,
+        guest_addr: GuestAddress,
+        mem: Box<dyn base::MappedRegion>,
+        read_only: bool,
+        log_dirty_pages: bool,
+        cache: hypervisor::MemCacheType,
+    ) -> hypervisor::Result<hypervisor::MemSlot> {
+        self.inner
+            .add_memory_region(guest_addr, mem, read_only, log_dirty_pages, cache)
+    }
+    fn msync_memory_region(
+        &self,
+        slot: hypervisor::MemSlot,
+        offset: usize,
+        size: usize,
+    ) -> hypervisor::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(hypervisor::Error::Region {
+                slot,
+                source: base::mmap::Error::SystemCall {
+                    call: "msync",
+                    offset,
+                    size,
+                    source: std::io::Error::from_raw_os_error(libc::EIO),
+                },
+            });
+        }
+        self.inner.msync_memory_region(slot, offset, size)
+    }
+    fn madvise_pageout_memory_region(
+        &self,
+        slot: hypervisor::MemSlot,
+        offset: usize,
+        size: usize,
+    ) -> hypervisor::Result<()> {
+        self.inner.madvise_pageout_memory_region(slot, offset, size)
+    }
+    fn madvise_remove_memory_region(
+        &self,
+        slot: hypervisor::MemSlot,
+        offset: usize,
+        size: usize,
+    ) -> hypervisor::Result<()> {
+        self.inner.madvise_remove_memory_region(slot, offset, size)
+    }
+    fn remove_memory_region(
+        &self,
+        slot: hypervisor::MemSlot,
+    ) -> hypervisor::Result<Box<dyn base::MappedRegion>> {
+        self.inner.remove_memory_region(slot)
+    }
+    fn set_dirty_logging(&self, slot: hypervisor::MemSlot, enable: bool) -> hypervisor::Result<()> {
+        self.inner.set_dirty_logging(slot, enable)
+    }
+    fn get_dirty_log(&self, slot: hypervisor::MemSlot, log: &mut [u8]) -> hypervisor::Result<()> {
+        self.inner.get_dirty_log(slot, log)
+    }
+    fn add_fd_mapping(
+        &self,
+        slot: hypervisor::MemSlot,
+        offset: usize,
+        size: usize,
+        fd: &dyn AsRawDescriptor,
+        fd_offset: u64,
+        prot: base::Protection,
+    ) -> hypervisor::Result<()> {
+        self.inner
+            .add_fd_mapping(slot, offset, size, fd, fd_offset, prot)
+    }
+    fn remove_mapping(
+        &self,
+        slot: hypervisor::MemSlot,
+        offset: usize,
+        size: usize,
+    ) -> hypervisor::Result<()> {
+        self.inner.remove_mapping(slot, offset, size)
+    }
+    fn reserve_guest_range(&self, guest_addr: GuestAddress, size: u64) -> hypervisor::Result<()> {
+        self.inner.reserve_guest_range(guest_addr, size)
+    }
+    fn release_guest_range(&self, guest_addr: GuestAddress, size: u64) -> hypervisor::Result<()> {
+        self.inner.release_guest_range(guest_addr, size)
+    }
+}
+
 #[test]
 fn a_flush_whose_msync_fails_answers_eio() {
     let Some(kvm) = kvm_or_skip("pmem_eio") else {
         return;
     };
     let file = backing_file(2 << 20);
-    let mut rig = Rig::new(&kvm, &file);
+    let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let vm = Arc::new(FailingMsync {
+        inner: KvmVm::new(&kvm, mem.clone()).unwrap(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let rig = Rig::on(vm.clone(), mem, &file);
     rig.handshake();
     assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
-    rig.stop_server();
+    // The msync itself fails, with the server up: the driver sees EIO in its response.
+    vm.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_EIO);
+    // And once the disk recovers, flushes succeed again.
+    vm.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
 }
 
 #[test]
