@@ -40,6 +40,9 @@ pub const PORT_STATUS: u16 = 0x10;
 pub const PORT_WINDOW: u16 = 0x11;
 /// Port on which the guest reports the FLUSH response.
 pub const PORT_FLUSH: u16 = 0x12;
+/// Port on which the guest says it has written the record, before it asks for the FLUSH: the
+/// host counts the file's dirty pages there.
+pub const PORT_WRITTEN: u16 = 0x13;
 /// The record's words, written at the start of the pmem window.
 pub const RECORD: [u32; 8] = [
     0x4d45_4d50, // "PMEM"
@@ -82,6 +85,7 @@ pub fn program(layout: &Layout) -> Result<Vec<u8>, IcedError> {
     for (i, word) in RECORD.iter().enumerate() {
         a.mov(dword_ptr(ebx + 4 * i as i32), *word)?;
     }
+    a.out(u32::from(PORT_WRITTEN), eax)?;
 
     // Dirty a known set of RAM pages.
     for (i, page) in layout.dirty_pages.iter().enumerate() {

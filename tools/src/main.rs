@@ -10,6 +10,7 @@
 //!   crate, in one run, and prints the ratios.
 
 mod bench;
+mod drive;
 mod guest;
 mod run;
 

@@ -10,19 +10,22 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base::{AsRawDescriptor, MemoryMappingBuilder, Protection, RawDescriptor, SharedMemory, Tube};
 use devices::bus::MmioBus;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use devices::virtio::pmem::Pmem;
 use hypervisor::kvm::{Kvm, KvmVm};
-use hypervisor::{dirty_log_bitmap_size, MemCacheType, Vcpu, VcpuExit, Vm};
+use hypervisor::{dirty_log_bitmap_size, MemCacheType, Vm};
 use vm_control::{ClientPolicy, VmMemoryClient, VmMemoryServer};
 use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::guest::{self, Layout, PORT_FLUSH, PORT_STATUS, PORT_WINDOW, READ_ONLY_PROBE, RECORD};
+use crate::drive::{run_until_halt, Stopped};
+use crate::guest::{
+    self, Layout, PORT_FLUSH, PORT_STATUS, PORT_WINDOW, PORT_WRITTEN, READ_ONLY_PROBE, RECORD,
+};
 
 const P: u64 = 4096;
 /// RAM below a hole, holding the program, the rings and the request.
@@ -71,14 +74,54 @@ impl AsRawDescriptor for Exit {
     }
 }
 
-/// What the guest reported while it ran.
+/// How long the guest may run before the VMM stops it.
+const GUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the guest reported while it ran, and what the host saw meanwhile.
 #[derive(Default)]
 struct Observed {
     status: Option<u32>,
     window: Option<u32>,
     flush: Option<u32>,
     read_only_write: Option<(u64, u32)>,
-    exits: usize,
+    /// The backing file's dirty pages when the guest had written the record, and when its
+    /// FLUSH had completed (or why they cannot be counted here).
+    dirty_before: Option<Result<u64, String>>,
+    dirty_after: Option<Result<u64, String>>,
+    /// How long the notify that carries the FLUSH took: device, vm_control, msync, used ring.
+    flush_time: Option<Duration>,
+}
+
+/// `Some(v)` as the value, `None` as "nothing".
+fn shown<T: std::fmt::LowerHex>(v: Option<T>) -> String {
+    v.map_or("nothing".to_owned(), |v| format!("{v:#x}"))
+}
+
+/// The file's dirty pages (with those under writeback), or why they cannot be counted.
+fn dirty_pages(file: &File) -> Result<u64, String> {
+    use std::os::fd::AsFd;
+    if !base::page_cache::has_writeback(file.as_fd()).map_err(|e| e.to_string())? {
+        return Err("the file is on tmpfs, which keeps pages dirty and has no writeback".into());
+    }
+    let stat = base::page_cache::cachestat(file.as_fd(), 0, 0).map_err(|e| e.to_string())?;
+    Ok(stat.dirty + stat.writeback)
+}
+
+/// A directory for the temporary pmem file where its writeback can be observed: the system's
+/// temporary directory unless it is tmpfs, else the current directory.
+fn scratch_dir() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    let on_disk = |dir: &Path| {
+        File::open(dir)
+            .ok()
+            .and_then(|d| base::page_cache::has_writeback(std::os::fd::AsFd::as_fd(&d)).ok())
+            .unwrap_or(false)
+    };
+    if on_disk(&tmp) {
+        tmp
+    } else {
+        std::env::current_dir().unwrap_or(tmp)
+    }
 }
 
 /// Runs the main job. Returns whether every check passed.
@@ -95,7 +138,7 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
         Some(p) => (p.to_path_buf(), None),
         None => {
             let temp = r.step("create a temporary 3 MiB pmem backing file", || {
-                let temp = vmm_sys_util::tempfile::TempFile::new_in(&std::env::temp_dir())
+                let temp = vmm_sys_util::tempfile::TempFile::new_in(&scratch_dir())
                     .map_err(|e| e.to_string())?;
                 temp.as_file().set_len(3 << 20).map_err(|e| e.to_string())?;
                 Ok(temp)
@@ -110,6 +153,15 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
             .open(&path)
             .map_err(|e| e.to_string())
     })?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    // The window is the file rounded up to 2 MiB; it must end below the MMIO devices.
+    let window = file_len.div_ceil(2 << 20) * (2 << 20);
+    if file_len == 0 || window > PMEM_WINDOW {
+        return Err(format!(
+            "the pmem file {} holds {file_len:#x} bytes; it must hold between 1 and {PMEM_WINDOW:#x} bytes, so that its window at {PMEM:#x} ends before the devices at {MMIO:#x}",
+            path.display()
+        ));
+    }
 
     let mem = r.step("guest RAM: 1 MiB at 0, a hole, 2 MiB at 2 MiB", || {
         GuestMemory::new(&[
@@ -167,7 +219,11 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
         })?;
 
     let pmem = r.step(
-        "virtio-pmem: register a 4 MiB arena, map the file, pad the rest",
+        &format!(
+            "virtio-pmem: register a {} KiB arena, map the file's {} KiB, pad the rest",
+            window >> 10,
+            file_len.div_ceil(1024)
+        ),
         || Pmem::new(client, &file, PMEM).map_err(|e| e.to_string()),
     )?;
     println!(
@@ -211,77 +267,111 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
         },
     )?;
 
-    let seen = r.step(
-        "run the guest until hlt (device exits handled on the way)",
+    let mut seen = Observed::default();
+    let stopped = r.step(
+        &format!("run the guest until hlt, within {GUEST_DEADLINE:?} (device exits handled)"),
         || {
-            let mut seen = Observed::default();
-            loop {
-                seen.exits += 1;
-                match vcpu.run().map_err(|e| e.to_string())? {
-                    VcpuExit::Hlt => return Ok(seen),
-                    VcpuExit::Intr => {}
-                    VcpuExit::Mmio {
-                        address,
-                        size,
-                        data: Some(data),
-                    } => {
-                        if !bus.write(address, &data[..size]) && address == READ_ONLY {
-                            let value = u32::from_le_bytes(data[..4].try_into().unwrap_or([0; 4]));
-                            seen.read_only_write = Some((address, value));
+            // The queue's notify register: its write carries the FLUSH through.
+            let notify = MMIO + 0x050;
+            run_until_halt(
+                &mut vcpu,
+                &bus,
+                GUEST_DEADLINE,
+                Some(notify),
+                |port, bytes| {
+                    let value = u32::from_le_bytes(
+                        bytes
+                            .get(..4)
+                            .and_then(|b| b.try_into().ok())
+                            .unwrap_or([0; 4]),
+                    );
+                    match port {
+                        PORT_STATUS => seen.status = Some(value),
+                        PORT_WINDOW => seen.window = Some(value),
+                        PORT_WRITTEN => seen.dirty_before = Some(dirty_pages(&file)),
+                        PORT_FLUSH => {
+                            seen.flush = Some(value);
+                            seen.dirty_after = Some(dirty_pages(&file));
+                        }
+                        other => {
+                            return Err(format!(
+                                "the guest wrote to port {other:#x}, which nothing answers"
+                            ))
                         }
                     }
-                    VcpuExit::Mmio {
-                        address,
-                        size,
-                        data: None,
-                    } => {
-                        let mut buf = [0u8; 8];
-                        bus.read(address, &mut buf[..size]);
-                        vcpu.set_data(&buf[..size]).map_err(|e| e.to_string())?;
+                    Ok(())
+                },
+                |address, bytes| {
+                    // The write to the read-only region: expected, and reported.
+                    if address == READ_ONLY && bytes.len() == 4 {
+                        let value = u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4]));
+                        seen.read_only_write = Some((address, value));
+                        return true;
                     }
-                    VcpuExit::Io {
-                        port,
-                        data: Some(d),
-                        ..
-                    } => {
-                        let value = u32::from_le_bytes(d);
-                        match port {
-                            PORT_STATUS => seen.status = Some(value),
-                            PORT_WINDOW => seen.window = Some(value),
-                            PORT_FLUSH => seen.flush = Some(value),
-                            other => return Err(format!("unexpected port {other:#x}")),
-                        }
-                    }
-                    other => return Err(format!("unexpected exit {other:?}")),
-                }
-            }
+                    false
+                },
+            )
         },
     )?;
-    println!("    {} exits", seen.exits);
+    let Stopped::Halted { exits, timed } = stopped;
+    seen.flush_time = timed;
+    println!("    {exits} exits");
+    if let Some(t) = seen.flush_time {
+        println!(
+            "  {:<62} {:>6} {:>10.1} us",
+            "  of which the FLUSH: notify -> vm_control -> msync -> used",
+            "",
+            t.as_secs_f64() * 1e6
+        );
+    }
 
     println!("checks:");
     r.check(
         "the device accepted the features (FEATURES_OK)",
         seen.status.is_some_and(|s| s & 8 != 0),
-        format!("status {:?}", seen.status),
+        format!("status {}", shown(seen.status)),
     );
     r.check(
         "the guest found the window in config space",
         seen.window == Some(PMEM as u32),
-        format!("{:x?}", seen.window),
+        format!("window {}", shown(seen.window)),
     );
     r.check(
         "the FLUSH completed with OK",
         seen.flush == Some(0),
-        format!("response {:?}", seen.flush),
+        format!("response {}", shown(seen.flush)),
     );
-    let on_disk = r.step("read the record back through a separate descriptor", || {
-        let mut bytes = [0u8; 32];
-        File::open(&path)
-            .and_then(|f| f.read_exact_at(&mut bytes, 0))
-            .map_err(|e| e.to_string())?;
-        Ok(bytes)
-    })?;
+    // The proof that the FLUSH reached the disk: the file's dirty pages, counted by the
+    // kernel (a read through another descriptor would share the page cache and prove
+    // nothing), are more than 0 once the record is written and 0 once the FLUSH is done.
+    match (&seen.dirty_before, &seen.dirty_after) {
+        (Some(Ok(before)), Some(Ok(after))) => r.check(
+            "the FLUSH made the record durable (dirty pages, by cachestat)",
+            *before > 0 && *after == 0,
+            format!("{before} dirty after the write, {after} after the FLUSH"),
+        ),
+        (Some(Err(why)), _) | (_, Some(Err(why))) => {
+            println!(
+                "  {:<62} {:>6}   {why}",
+                "the FLUSH made the record durable", "SKIP"
+            )
+        }
+        _ => r.check(
+            "the FLUSH made the record durable (dirty pages, by cachestat)",
+            false,
+            "the guest never reported the write and the FLUSH".into(),
+        ),
+    }
+    let on_disk = r.step(
+        "read the record back (its bytes; durability is above)",
+        || {
+            let mut bytes = [0u8; 32];
+            File::open(&path)
+                .and_then(|f| f.read_exact_at(&mut bytes, 0))
+                .map_err(|e| e.to_string())?;
+            Ok(bytes)
+        },
+    )?;
     let expected: Vec<u8> = RECORD.iter().flat_map(|w| w.to_le_bytes()).collect();
     r.check(
         "the record the guest wrote is in the file",
@@ -306,7 +396,10 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
     r.check(
         "the read-only write was reported",
         seen.read_only_write == Some((READ_ONLY, READ_ONLY_PROBE)),
-        format!("{:x?}", seen.read_only_write),
+        match seen.read_only_write {
+            Some((addr, value)) => format!("{value:#x} at {addr:#x}"),
+            None => "nothing".into(),
+        },
     );
     let kept = read_only_view.read_obj::<u32>(0).unwrap_or(0);
     r.check(
