@@ -540,8 +540,13 @@ impl VirtioDevice for Null {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0xcc);
     }
-    fn process_queue(&mut self, _: usize, _: &mut Queue, _: &GuestMemory) -> bool {
-        true
+    fn process_queue(
+        &mut self,
+        _: usize,
+        _: &mut Queue,
+        _: &GuestMemory,
+    ) -> Result<bool, devices::virtio::queue::Error> {
+        Ok(true)
     }
 }
 

@@ -3,10 +3,17 @@
 
 //! The virtio-mmio transport, version 2 (modern): the register block a driver uses to find a
 //! device, negotiate features, set up queues, notify, and read interrupt status and config.
+//!
+//! It holds the driver to virtio 1.x: the device status advances only as section 3.1.1
+//! orders (writing 0 resets), features are accepted only if offered, a queue's registers
+//! change only while the queue is not ready, and a queue is ready only once its size and
+//! rings pass their checks. A driver that breaks a ring gets `DEVICE_NEEDS_RESET` and a
+//! configuration-change interrupt, and the device stops using its queues until a reset.
 
 use vm_memory::{GuestAddress, GuestMemory};
 
-use super::queue::Queue;
+use super::interrupt::Interrupt;
+use super::queue::{Error as QueueError, Queue};
 use crate::bus::BusDevice;
 
 /// "virt", little-endian.
@@ -19,6 +26,9 @@ pub const MMIO_SIZE: u64 = 0x200;
 pub const VENDOR_ID: u32 = 0x514d_4d56;
 /// The feature bit every modern device offers and every modern driver must accept.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// The ring feature that lets the driver say when it wants used-buffer notifications (and
+/// the device, when it wants kicks).
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// Device status bits.
 pub mod status {
@@ -60,12 +70,19 @@ mod reg {
     pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
     pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
     pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const SHM_SEL: u64 = 0x0ac;
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
     pub const CONFIG_GENERATION: u64 = 0x0fc;
     pub const CONFIG: u64 = 0x100;
 }
 
 /// Interrupt status bit: the device used buffers.
 pub const INTERRUPT_USED_BUFFER: u32 = 1;
+/// Interrupt status bit: the device's configuration (or its status) changed.
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 
 /// What a virtio device implements behind the transport.
 pub trait VirtioDevice: Send {
@@ -78,8 +95,14 @@ pub trait VirtioDevice: Send {
     /// Reads its configuration space; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver notified queue `index`: process what is available. Returns whether any
-    /// buffer was used (the transport then raises its interrupt status).
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// buffer was used (the transport then notifies the driver, unless it asked not to be),
+    /// or the queue-wide fault that makes the device need a reset.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> Result<bool, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
 }
@@ -95,6 +118,7 @@ pub struct MmioTransport {
     queue_sel: u32,
     queues: Vec<Queue>,
     interrupt_status: u32,
+    interrupt: Option<Interrupt>,
 }
 
 impl MmioTransport {
@@ -115,6 +139,21 @@ impl MmioTransport {
             queue_sel: 0,
             queues,
             interrupt_status: 0,
+            interrupt: None,
+        }
+    }
+
+    /// Raises `interrupt` whenever the interrupt status gains a bit (used buffers the driver
+    /// asked to hear of, or a configuration change).
+    pub fn with_interrupt(mut self, interrupt: Interrupt) -> MmioTransport {
+        self.interrupt = Some(interrupt);
+        self
+    }
+
+    fn raise(&mut self, bit: u32) {
+        self.interrupt_status |= bit;
+        if let Some(interrupt) = &self.interrupt {
+            interrupt.signal();
         }
     }
 
@@ -129,7 +168,7 @@ impl MmioTransport {
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1
+        self.device.features() | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -160,7 +199,12 @@ impl MmioTransport {
                 _ => 0,
             },
             reg::QUEUE_NUM_MAX => queue.map_or(0, |q| q.max_size().into()),
-            reg::QUEUE_READY => queue.map_or(0, |q| q.ready.into()),
+            reg::QUEUE_NUM => queue.map_or(0, |q| q.size().into()),
+            reg::QUEUE_READY => queue.map_or(0, |q| q.ready().into()),
+            // No shared memory regions: a length (and base) of all ones says so.
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {
+                u32::MAX
+            }
             reg::INTERRUPT_STATUS => self.interrupt_status,
             reg::STATUS => self.status,
             reg::CONFIG_GENERATION => 0,
@@ -169,11 +213,13 @@ impl MmioTransport {
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
-        let queue_writable = self.status & status::DRIVER_OK == 0;
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_sel = value,
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            reg::DRIVER_FEATURES if self.status & status::FEATURES_OK == 0 => {
+            // Features are the driver's to write only between DRIVER and FEATURES_OK.
+            reg::DRIVER_FEATURES
+                if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 =>
+            {
                 match self.driver_features_sel {
                     0 => {
                         self.driver_features =
@@ -187,65 +233,104 @@ impl MmioTransport {
                 }
             }
             reg::QUEUE_SEL => self.queue_sel = value,
-            reg::QUEUE_NUM if queue_writable => {
-                if let Some(q) = self.selected_queue() {
-                    q.size = value.min(u16::MAX.into()) as u16;
-                }
-            }
-            reg::QUEUE_READY => self.set_queue_ready(value == 1),
-            reg::QUEUE_DESC_LOW
+            reg::QUEUE_NUM
+            | reg::QUEUE_DESC_LOW
             | reg::QUEUE_DESC_HIGH
             | reg::QUEUE_DRIVER_LOW
             | reg::QUEUE_DRIVER_HIGH
             | reg::QUEUE_DEVICE_LOW
-            | reg::QUEUE_DEVICE_HIGH
-                if queue_writable =>
-            {
-                if let Some(q) = self.selected_queue() {
-                    if q.ready {
-                        return;
-                    }
-                    let field = match offset {
-                        reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH => &mut q.desc_table,
-                        reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH => &mut q.avail_ring,
-                        _ => &mut q.used_ring,
-                    };
-                    *field = if offset.is_multiple_of(8) {
-                        GuestAddress((field.0 & !0xffff_ffff) | u64::from(value))
-                    } else {
-                        GuestAddress((field.0 & 0xffff_ffff) | (u64::from(value) << 32))
-                    };
-                }
-            }
+            | reg::QUEUE_DEVICE_HIGH => self.configure_queue(offset, value),
+            reg::QUEUE_READY => self.set_queue_ready(value),
             reg::QUEUE_NOTIFY => self.notify(value as usize),
             reg::INTERRUPT_ACK => self.interrupt_status &= !value,
             reg::STATUS => self.set_status(value),
+            reg::SHM_SEL => {}
             _ => log::debug!("virtio-mmio: ignored write of {value:#x} at {offset:#x}"),
         }
     }
 
-    fn set_queue_ready(&mut self, ready: bool) {
+    /// A write to one of the selected queue's configuration registers: taken only while the
+    /// queue is not ready (the queue refuses it otherwise).
+    fn configure_queue(&mut self, offset: u64, value: u32) {
+        let Some(q) = self.queues.get_mut(self.queue_sel as usize) else {
+            log::warn!(
+                "virtio-mmio: configuring queue {}, which does not exist",
+                self.queue_sel
+            );
+            return;
+        };
+        let half = |old: GuestAddress| {
+            if offset.is_multiple_of(8) {
+                GuestAddress((old.0 & !0xffff_ffff) | u64::from(value))
+            } else {
+                GuestAddress((old.0 & 0xffff_ffff) | (u64::from(value) << 32))
+            }
+        };
+        let result = match offset {
+            // A size that does not fit 16 bits is kept as 0, which `enable` refuses.
+            reg::QUEUE_NUM => q.set_size(u16::try_from(value).unwrap_or(0)),
+            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH => q.set_desc_table(half(q.desc_table())),
+            reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH => {
+                q.set_avail_ring(half(q.avail_ring()))
+            }
+            _ => q.set_used_ring(half(q.used_ring())),
+        };
+        if let Err(e) = result {
+            log::warn!("virtio-mmio: queue {}: {e}", self.queue_sel);
+        }
+    }
+
+    fn set_queue_ready(&mut self, value: u32) {
         let mem = self.mem.clone();
         let Some(q) = self.selected_queue() else {
             return;
         };
-        if !ready {
-            q.ready = false;
-            return;
-        }
-        match q.validate(&mem) {
-            Ok(()) => q.ready = true,
-            Err(e) => log::warn!("virtio-mmio: queue refused: {e}"),
+        match value {
+            0 => q.disable(),
+            1 if q.ready() => {}
+            1 => {
+                if let Err(e) = q.enable(&mem) {
+                    log::warn!("virtio-mmio: queue refused: {e}");
+                }
+            }
+            other => log::warn!("virtio-mmio: QueueReady {other:#x} is neither 0 nor 1"),
         }
     }
 
+    /// A status write, taken only if it is a step virtio 1.x allows: 0 resets; otherwise no
+    /// bit may be cleared, ACKNOWLEDGE comes first, DRIVER after it, FEATURES_OK after DRIVER
+    /// and only for features offered (with VERSION_1), DRIVER_OK after FEATURES_OK; FAILED
+    /// may come at any time. DEVICE_NEEDS_RESET is the device's to set, not the driver's.
     fn set_status(&mut self, value: u32) {
+        use status::*;
         if value == 0 {
             self.reset();
             return;
         }
+        let old = self.status;
+        let value = (value & !DEVICE_NEEDS_RESET) | (old & DEVICE_NEEDS_RESET);
+        let refuse = |why: &str| {
+            log::warn!("virtio-mmio: status {value:#x} after {old:#x} refused: {why}");
+        };
+        if value & old != old {
+            return refuse("a driver must not clear a status bit");
+        }
+        let needs = [
+            (DRIVER, ACKNOWLEDGE),
+            (FEATURES_OK, DRIVER),
+            (DRIVER_OK, FEATURES_OK),
+        ];
+        if value & (ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK) != 0 && value & ACKNOWLEDGE == 0
+        {
+            return refuse("ACKNOWLEDGE comes first");
+        }
+        for (bit, after) in needs {
+            if value & bit != 0 && value & after == 0 {
+                return refuse("steps must come in order");
+            }
+        }
         let mut value = value;
-        if value & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
+        if value & FEATURES_OK != 0 && old & FEATURES_OK == 0 {
             let offered = self.offered_features();
             let acceptable = self.driver_features & !offered == 0
                 && self.driver_features & VIRTIO_F_VERSION_1 != 0;
@@ -255,28 +340,43 @@ impl MmioTransport {
                     "virtio-mmio: driver features {:#x} not acceptable (offered {offered:#x})",
                     self.driver_features
                 );
-                value &= !status::FEATURES_OK;
+                value &= !(FEATURES_OK | DRIVER_OK);
+            } else {
+                let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+                self.queues
+                    .iter_mut()
+                    .for_each(|q| q.set_event_idx(event_idx));
             }
-        }
-        if value & status::DRIVER_OK != 0 && value & status::FEATURES_OK == 0 {
-            value &= !status::DRIVER_OK;
         }
         self.status = value;
     }
 
     fn notify(&mut self, index: usize) {
-        if self.status & status::DRIVER_OK == 0 {
+        if self.status & status::DRIVER_OK == 0 || self.status & status::DEVICE_NEEDS_RESET != 0 {
             return;
         }
         let Some(queue) = self.queues.get_mut(index) else {
             log::warn!("virtio-mmio: notify for queue {index}, which does not exist");
             return;
         };
-        if !queue.ready {
+        if !queue.ready() {
             return;
         }
-        if self.device.process_queue(index, queue, &self.mem) {
-            self.interrupt_status |= INTERRUPT_USED_BUFFER;
+        queue.begin_notify();
+        let outcome = self
+            .device
+            .process_queue(index, queue, &self.mem)
+            .and_then(|used| Ok(used && queue.needs_notification(&self.mem)?));
+        match outcome {
+            Ok(true) => self.raise(INTERRUPT_USED_BUFFER),
+            Ok(false) => {}
+            Err(e) => {
+                // virtio 1.x, 2.1.2: the device sets DEVICE_NEEDS_RESET and tells the driver
+                // with a configuration change; it uses no queue until the driver resets it.
+                log::error!("virtio-mmio: queue {index} is broken: {e}; the device needs a reset");
+                self.status |= status::DEVICE_NEEDS_RESET;
+                self.raise(INTERRUPT_CONFIG_CHANGE);
+            }
         }
     }
 }

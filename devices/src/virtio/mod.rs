@@ -3,6 +3,7 @@
 
 //! virtio: the MMIO transport, split virtqueues, and the pmem device.
 
+pub mod interrupt;
 pub mod mmio;
 pub mod pmem;
 pub mod queue;

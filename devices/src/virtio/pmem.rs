@@ -14,7 +14,7 @@ use vm_control::{ClientError, VmMemoryClient, VmMemoryRegionId, VmMemorySource};
 use vm_memory::GuestMemory;
 
 use super::mmio::VirtioDevice;
-use super::queue::{DescriptorChain, Queue};
+use super::queue::{DescriptorChain, Error as QueueError, Queue};
 
 /// The virtio device id of pmem.
 pub const VIRTIO_ID_PMEM: u32 = 27;
@@ -240,25 +240,26 @@ impl VirtioDevice for Pmem {
         data[..n].copy_from_slice(&config[start..start + n]);
     }
 
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> std::result::Result<bool, QueueError> {
         let mut used = false;
-        loop {
-            match queue.pop(mem) {
-                Ok(None) => break,
-                Ok(Some(Ok(chain))) => {
+        while let Some(chain) = queue.pop(mem)? {
+            match chain {
+                Ok(chain) => {
                     let len = self.handle(&chain, mem);
-                    used |= queue.add_used(mem, chain.head, len).is_ok();
+                    queue.add_used(mem, chain.head, len)?;
                 }
-                Ok(Some(Err(bad))) => {
+                Err(bad) => {
                     log::warn!("virtio-pmem: queue {index}: bad chain: {}", bad.error);
-                    used |= queue.add_used(mem, bad.head, 0).is_ok();
-                }
-                Err(e) => {
-                    log::error!("virtio-pmem: queue {index} is broken: {e}");
-                    break;
+                    queue.add_used(mem, bad.head, 0)?;
                 }
             }
+            used = true;
         }
-        used
+        Ok(used)
     }
 }

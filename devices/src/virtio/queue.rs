@@ -43,6 +43,13 @@ pub enum Error {
         /// The queue size.
         size: u16,
     },
+    /// The driver changed a queue's configuration while the queue is ready (virtio 1.x: it
+    /// must not).
+    #[error("queue {what} cannot change while the queue is ready")]
+    ConfigWhileReady {
+        /// Which setting.
+        what: &'static str,
+    },
     /// A descriptor index at or past the queue size.
     #[error("descriptor index {index} is out of range for a queue of {size}")]
     DescriptorIndex {
@@ -74,9 +81,27 @@ pub enum Error {
     /// Reading or writing a ring failed.
     #[error("ring access: {0}")]
     Memory(#[from] vm_memory::Error),
+    /// The notify asked for more descriptors than a queue of this size can hold: the rings
+    /// are corrupt (a well-formed driver never has more descriptors in flight than the size).
+    #[error("one notify walked {walked} descriptors, more than the queue size {size}")]
+    NotifyTooLong {
+        /// Descriptors walked.
+        walked: usize,
+        /// The queue size.
+        size: u16,
+    },
     /// The queue was used before it was made ready.
     #[error("the queue is not ready")]
     NotReady,
+    /// A device-readable descriptor after a device-writable one (virtio 1.x, 2.7.4.2: all
+    /// readable ones come first).
+    #[error("descriptor {index} of chain {head} is readable but follows a writable one")]
+    ReadAfterWrite {
+        /// The chain's head.
+        head: u16,
+        /// The descriptor.
+        index: u16,
+    },
     /// A ring is not inside guest memory.
     #[error("the {ring} at {addr} ({len:#x} bytes) is not inside guest memory")]
     RingOutOfMemory {
@@ -153,22 +178,30 @@ pub struct BadChain {
     pub error: Error,
 }
 
+/// `flags` of the available ring: the driver asks for no used-buffer notification.
+pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
 /// The state of one split virtqueue, as the driver configured it through the transport.
+///
+/// The configuration (size, ring addresses) can change only while the queue is not ready;
+/// making it ready checks it, and only a queue that passed the checks is ever used, so every
+/// index the device computes is bounded by a validated, non-zero size.
 #[derive(Clone, Debug)]
 pub struct Queue {
     max_size: u16,
-    /// The size the driver chose.
-    pub size: u16,
-    /// Whether the driver made it ready (and it passed the checks).
-    pub ready: bool,
-    /// Descriptor table address.
-    pub desc_table: GuestAddress,
-    /// Available ring address.
-    pub avail_ring: GuestAddress,
-    /// Used ring address.
-    pub used_ring: GuestAddress,
+    size: u16,
+    ready: bool,
+    desc_table: GuestAddress,
+    avail_ring: GuestAddress,
+    used_ring: GuestAddress,
     next_avail: u16,
     next_used: u16,
+    /// `VIRTIO_RING_F_EVENT_IDX` was negotiated.
+    event_idx: bool,
+    /// The used index when the driver was last notified (for event-idx suppression).
+    signalled_used: Option<u16>,
+    /// Descriptors walked since the last notify began.
+    walked: usize,
 }
 
 impl Queue {
@@ -183,6 +216,9 @@ impl Queue {
             used_ring: GuestAddress(0),
             next_avail: 0,
             next_used: 0,
+            event_idx: false,
+            signalled_used: None,
+            walked: 0,
         }
     }
 
@@ -191,13 +227,95 @@ impl Queue {
         self.max_size
     }
 
+    /// The size the driver chose (checked when the queue is made ready).
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Whether the queue is ready: configured, checked and in use.
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The descriptor table's address.
+    pub fn desc_table(&self) -> GuestAddress {
+        self.desc_table
+    }
+
+    /// The available ring's address.
+    pub fn avail_ring(&self) -> GuestAddress {
+        self.avail_ring
+    }
+
+    /// The used ring's address.
+    pub fn used_ring(&self) -> GuestAddress {
+        self.used_ring
+    }
+
+    fn configurable(&self, what: &'static str) -> Result<()> {
+        if self.ready {
+            return Err(Error::ConfigWhileReady { what });
+        }
+        Ok(())
+    }
+
+    /// Sets the size the driver chose; refused while ready.
+    pub fn set_size(&mut self, size: u16) -> Result<()> {
+        self.configurable("size")?;
+        self.size = size;
+        Ok(())
+    }
+
+    /// Sets the descriptor table's address; refused while ready.
+    pub fn set_desc_table(&mut self, addr: GuestAddress) -> Result<()> {
+        self.configurable("descriptor table")?;
+        self.desc_table = addr;
+        Ok(())
+    }
+
+    /// Sets the available ring's address; refused while ready.
+    pub fn set_avail_ring(&mut self, addr: GuestAddress) -> Result<()> {
+        self.configurable("available ring")?;
+        self.avail_ring = addr;
+        Ok(())
+    }
+
+    /// Sets the used ring's address; refused while ready.
+    pub fn set_used_ring(&mut self, addr: GuestAddress) -> Result<()> {
+        self.configurable("used ring")?;
+        self.used_ring = addr;
+        Ok(())
+    }
+
+    /// Whether `VIRTIO_RING_F_EVENT_IDX` governs notifications (set at feature negotiation).
+    pub fn set_event_idx(&mut self, on: bool) {
+        self.event_idx = on;
+    }
+
     /// Back to the state after reset.
     pub fn reset(&mut self) {
         *self = Queue::new(self.max_size);
     }
 
+    /// Makes the queue ready after checking its configuration ([`validate`](Self::validate));
+    /// it starts from index 0, as a freshly enabled queue does. A queue that fails the checks
+    /// stays not ready.
+    pub fn enable(&mut self, mem: &GuestMemory) -> Result<()> {
+        self.validate(mem)?;
+        self.ready = true;
+        self.next_avail = 0;
+        self.next_used = 0;
+        self.signalled_used = None;
+        Ok(())
+    }
+
+    /// Stops using the queue (the driver wrote 0 to QueueReady).
+    pub fn disable(&mut self) {
+        self.ready = false;
+    }
+
     /// Checks the configuration the driver wrote: the size, and that each ring is aligned
-    /// and lies whole in guest memory. The transport calls this before making it ready.
+    /// and lies whole in guest memory.
     pub fn validate(&self, mem: &GuestMemory) -> Result<()> {
         let size = self.size;
         if size == 0 || !size.is_power_of_two() || size > self.max_size {
@@ -222,9 +340,18 @@ impl Queue {
         Ok(())
     }
 
+    /// Starts the work of one notify: the descriptors it may walk are counted from here.
+    pub fn begin_notify(&mut self) {
+        self.walked = 0;
+    }
+
     /// Takes the next available chain, if any. `Ok(Err(bad))` is a chain that cannot be used:
     /// it is consumed, and the device should return `bad.head` used with length 0. `Err` is a
     /// queue-wide fault (the driver broke the ring); the device should stop using the queue.
+    ///
+    /// One notify walks at most `size` descriptors in all (a driver never has more in flight):
+    /// past that, [`Error::NotifyTooLong`]. So the work a notify costs is bounded by the
+    /// validated queue size, whatever the rings hold.
     pub fn pop(
         &mut self,
         mem: &GuestMemory,
@@ -251,14 +378,23 @@ impl Queue {
         let head: u16 =
             mem.read_obj_from_addr_volatile(self.avail_ring.unchecked_add(4 + 2 * slot))?;
         self.next_avail = self.next_avail.wrapping_add(1);
-        Ok(Some(
-            self.walk(mem, head)
-                .map_err(|error| BadChain { head, error }),
-        ))
+        if self.event_idx {
+            // avail_event: ask to be notified of the very next buffer.
+            let at = self.used_ring.unchecked_add(4 + 8 * u64::from(self.size));
+            mem.write_obj_at_addr_volatile(self.next_avail, at)?;
+        }
+        let chain = self.walk(mem, head);
+        if self.walked > usize::from(self.size) {
+            return Err(Error::NotifyTooLong {
+                walked: self.walked,
+                size: self.size,
+            });
+        }
+        Ok(Some(chain.map_err(|error| BadChain { head, error })))
     }
 
-    fn walk(&self, mem: &GuestMemory, head: u16) -> Result<DescriptorChain> {
-        let mut buffers = Vec::new();
+    fn walk(&mut self, mem: &GuestMemory, head: u16) -> Result<DescriptorChain> {
+        let mut buffers: Vec<Buffer> = Vec::new();
         let mut index = head;
         loop {
             if index >= self.size {
@@ -273,10 +409,15 @@ impl Queue {
                     size: self.size,
                 });
             }
+            self.walked += 1;
             let desc: Descriptor =
                 mem.read_obj_from_addr(self.desc_table.unchecked_add(16 * u64::from(index)))?;
             if desc.flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 return Err(Error::IndirectUnsupported { head, index });
+            }
+            let writable = desc.flags & VIRTQ_DESC_F_WRITE != 0;
+            if !writable && buffers.last().is_some_and(|b| b.writable) {
+                return Err(Error::ReadAfterWrite { head, index });
             }
             let addr = GuestAddress(desc.addr);
             if !mem.is_valid_range(addr, u64::from(desc.len)) {
@@ -290,7 +431,7 @@ impl Queue {
             buffers.push(Buffer {
                 addr,
                 len: desc.len,
-                writable: desc.flags & VIRTQ_DESC_F_WRITE != 0,
+                writable,
             });
             if desc.flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok(DescriptorChain { head, buffers });
@@ -304,6 +445,7 @@ impl Queue {
         if !self.ready {
             return Err(Error::NotReady);
         }
+        // `ready` means `size` passed `validate`: it is a power of two, not 0.
         let slot = u64::from(self.next_used % self.size);
         let elem = self.used_ring.unchecked_add(4 + 8 * slot);
         mem.write_obj_at_addr_volatile(u32::from(head), elem)?;
@@ -313,5 +455,31 @@ impl Queue {
         fence(Ordering::Release);
         mem.write_obj_at_addr_volatile(self.next_used, self.used_ring.unchecked_add(2))?;
         Ok(())
+    }
+
+    /// Whether the driver wants a used-buffer notification for the buffers used since the
+    /// last one: with `VIRTIO_RING_F_EVENT_IDX`, when the used index has passed the driver's
+    /// `used_event`; without it, unless the driver set `VIRTQ_AVAIL_F_NO_INTERRUPT`.
+    pub fn needs_notification(&mut self, mem: &GuestMemory) -> Result<bool> {
+        if !self.ready {
+            return Err(Error::NotReady);
+        }
+        // The used index must be visible before the driver's suppression is read.
+        fence(Ordering::SeqCst);
+        let new = self.next_used;
+        if self.event_idx {
+            let old = self.signalled_used.replace(new);
+            let used_event: u16 = mem.read_obj_from_addr_volatile(
+                self.avail_ring.unchecked_add(4 + 2 * u64::from(self.size)),
+            )?;
+            return Ok(match old {
+                // The first notification since the queue was enabled always goes.
+                None => true,
+                // virtio 1.x, 2.7.10: notify when used_event lies in (old, new].
+                Some(old) => new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old),
+            });
+        }
+        let flags: u16 = mem.read_obj_from_addr_volatile(self.avail_ring)?;
+        Ok(flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0)
     }
 }
