@@ -57,6 +57,14 @@ pub enum Error {
         /// The slot.
         slot: MemSlot,
     },
+    /// A GSI past those the irqchip routes.
+    #[error("GSI {gsi} is out of range: the irqchip routes GSIs below {limit}")]
+    GsiOutOfRange {
+        /// The GSI asked for.
+        gsi: u32,
+        /// How many GSIs there are.
+        limit: u32,
+    },
     /// Guest memory refused an operation.
     #[error("guest memory: {0}")]
     GuestMemory(#[from] vm_memory::Error),
@@ -70,6 +78,35 @@ pub enum Error {
         /// What the kernel answered.
         source: std::io::Error,
     },
+    /// The irqchip must be created before the first vCPU.
+    #[error("the irqchip cannot be created after the VM's {vcpus} vCPU(s)")]
+    IrqChipAfterVcpus {
+        /// vCPUs created so far.
+        vcpus: usize,
+    },
+    /// The VM has its irqchip already.
+    #[error("the VM has an irqchip already")]
+    IrqChipExists,
+    /// KVM refused to register or unregister an irqfd.
+    #[error("irqfd on GSI {gsi}: {source}")]
+    Irqfd {
+        /// The GSI.
+        gsi: u32,
+        /// What KVM answered.
+        source: std::io::Error,
+    },
+    /// The eventfd is an irqfd of this VM already (KVM allows one GSI per eventfd).
+    #[error("the eventfd is already an irqfd of this VM (asked for GSI {gsi})")]
+    IrqfdInUse {
+        /// The GSI asked for.
+        gsi: u32,
+    },
+    /// The eventfd is not an irqfd on that GSI.
+    #[error("the eventfd is not registered as an irqfd on GSI {gsi}")]
+    IrqfdUnknown {
+        /// The GSI named.
+        gsi: u32,
+    },
     /// `/dev/kvm` could not be opened.
     #[error("cannot open {path}: {source}")]
     KvmUnavailable {
@@ -77,6 +114,12 @@ pub enum Error {
         path: String,
         /// What the kernel answered.
         source: std::io::Error,
+    },
+    /// An interrupt operation on a VM without an irqchip.
+    #[error("{op} needs the in-kernel irqchip: call create_irq_chip before the first vCPU")]
+    NoIrqChip {
+        /// The operation.
+        op: &'static str,
     },
     /// `set_data` was called while no MMIO or port read is pending.
     #[error("no MMIO or port read is waiting for data")]
@@ -206,6 +249,11 @@ impl Error {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
             Error::Region { source, .. } => source.errno(),
+            Error::Irqfd { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::IrqChipExists | Error::IrqfdInUse { .. } => libc::EEXIST,
+            Error::IrqfdUnknown { .. } => libc::ENOENT,
+            Error::IrqChipAfterVcpus { .. } | Error::NoIrqChip { .. } => libc::EINVAL,
+            Error::GsiOutOfRange { .. } => libc::ERANGE,
             Error::GuestMemory(_) => libc::EFAULT,
             Error::UnknownSlot { .. } => libc::ENOENT,
             Error::SlotOverlap { .. } | Error::ReservedRange { .. } => libc::EEXIST,

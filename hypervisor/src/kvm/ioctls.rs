@@ -6,7 +6,7 @@
 
 #![allow(missing_docs)]
 
-use kvm_bindings::{kvm_dirty_log, kvm_userspace_memory_region};
+use kvm_bindings::{kvm_dirty_log, kvm_irq_level, kvm_irqfd, kvm_userspace_memory_region};
 #[cfg(target_arch = "x86_64")]
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
@@ -26,6 +26,9 @@ ioctl_iow_nr!(
     kvm_userspace_memory_region
 );
 ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
+ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
+ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 #[cfg(target_arch = "x86_64")]
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);

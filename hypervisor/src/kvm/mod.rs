@@ -5,6 +5,7 @@
 //! and [`KvmVcpu`].
 
 mod ioctls;
+mod irq;
 mod kick;
 mod slots;
 mod vcpu;
@@ -25,6 +26,8 @@ use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_ref, ioctl_with_val};
 
 use self::ioctls::*;
+use self::irq::IrqState;
+pub use self::irq::IRQCHIP_GSIS;
 pub use self::kick::VcpuKicker;
 use self::slots::{Slot, SlotMemory, SlotTable};
 pub use self::vcpu::KvmVcpu;
@@ -125,6 +128,7 @@ pub struct KvmVm {
     read_only_supported: bool,
     max_slots: u32,
     vcpu_mmap_size: usize,
+    irq: Mutex<IrqState>,
 }
 
 impl std::fmt::Debug for KvmVm {
@@ -165,6 +169,7 @@ impl KvmVm {
             read_only_supported,
             max_slots,
             vcpu_mmap_size: kvm.vcpu_mmap_size,
+            irq: Mutex::new(IrqState::default()),
         };
         {
             let mut table = vm.table();
@@ -197,12 +202,16 @@ impl KvmVm {
 
     /// Creates vCPU number `id`.
     pub fn create_vcpu(&self, id: usize) -> Result<KvmVcpu> {
+        // Held across the creation: the irqchip cannot appear while a vCPU does.
+        let mut irq = self.irq();
         // SAFETY: KVM_CREATE_VCPU takes the id as an integer and returns a new descriptor,
         // which is checked before it is owned.
         let fd = unsafe { ioctl_with_val(&self.vm, KVM_CREATE_VCPU(), id as libc::c_ulong) };
         if fd < 0 {
             return Err(ioctl_error("KVM_CREATE_VCPU", format!("id {id}")));
         }
+        // The kernel has the vCPU now, even if ours is dropped below.
+        irq.vcpus += 1;
         // SAFETY: `fd` was just returned by the kernel, so it is open and ours alone.
         let file = unsafe { <File as base::FromRawDescriptor>::from_raw_descriptor(fd) };
         let run = MemoryMappingBuilder::new(self.vcpu_mmap_size)
@@ -210,6 +219,11 @@ impl KvmVm {
             .build()
             .map_err(|source| Error::VcpuRunMapping { id, source })?;
         KvmVcpu::new(id, file, run, (self.guest_mem.clone(), self.slots.clone()))
+    }
+
+    fn irq(&self) -> MutexGuard<'_, IrqState> {
+        // Every update is a single assignment or push, so a panic elsewhere leaves it whole.
+        self.irq.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn table(&self) -> MutexGuard<'_, SlotTable> {
