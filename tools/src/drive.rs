@@ -1,7 +1,8 @@
 // Copyright 2026 The VMM memory crates authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Driving a vCPU until it halts: device exits go to the MMIO bus, port writes to the caller,
+//! Driving a vCPU until it halts or says it is done: device exits go to the MMIO bus, port
+//! writes to the caller,
 //! and a deadline that a watchdog thread enforces by kicking the vCPU, so a guest that spins
 //! can never hang the VMM.
 
@@ -22,9 +23,20 @@ pub enum Stopped {
         /// How long the device took with the last write to the timed address, if any.
         timed: Option<Duration>,
     },
+    /// It wrote to a port that `on_port` said ends the run (with an in-kernel irqchip `hlt`
+    /// sleeps in the kernel instead of exiting, so a guest says it is done this way).
+    Done {
+        /// The port.
+        port: u16,
+        /// How many exits the loop handled.
+        exits: usize,
+        /// As for `Halted`.
+        timed: Option<Duration>,
+    },
 }
 
-/// Runs `vcpu` until it halts or `deadline` passes. MMIO exits go to `bus`; a write to an
+/// Runs `vcpu` until it halts, `on_port` answers `true` for a port write, or `deadline`
+/// passes. MMIO exits go to `bus`; a write to an
 /// address no device claims is handed to `on_unclaimed_write`, which answers whether it was
 /// expected (a write to a read-only slot, say); a read no device claims, an unexpected
 /// write, a port read and any other exit are errors naming what the guest did. Port writes
@@ -35,7 +47,7 @@ pub fn run_until_halt(
     bus: &MmioBus,
     deadline: Duration,
     timed: Option<u64>,
-    mut on_port: impl FnMut(u16, &[u8]) -> Result<(), String>,
+    mut on_port: impl FnMut(u16, &[u8]) -> Result<bool, String>,
     mut on_unclaimed_write: impl FnMut(u64, &[u8]) -> bool,
 ) -> Result<Stopped, String> {
     let start = Instant::now();
@@ -65,7 +77,7 @@ fn drive(
     bus: &MmioBus,
     (start, deadline): (Instant, Duration),
     timed: Option<u64>,
-    on_port: &mut impl FnMut(u16, &[u8]) -> Result<(), String>,
+    on_port: &mut impl FnMut(u16, &[u8]) -> Result<bool, String>,
     on_unclaimed_write: &mut impl FnMut(u64, &[u8]) -> bool,
 ) -> Result<Stopped, String> {
     let mut exits = 0;
@@ -79,7 +91,7 @@ fn drive(
                 if start.elapsed() >= deadline {
                     let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
                     return Err(format!(
-                        "the guest did not halt within {deadline:?}: stopped it at rip {rip:#x} after {exits} exits"
+                        "the guest did not finish within {deadline:?}: stopped it at rip {rip:#x} after {exits} exits"
                     ));
                 }
             }
@@ -119,7 +131,13 @@ fn drive(
                 ..
             } => {
                 let bytes = vcpu.io_data().unwrap_or_default().to_vec();
-                on_port(port, &bytes)?;
+                if on_port(port, &bytes)? {
+                    return Ok(Stopped::Done {
+                        port,
+                        exits,
+                        timed: took,
+                    });
+                }
             }
             VcpuExit::Io {
                 port, data: None, ..
@@ -169,17 +187,47 @@ mod tests {
             &MmioBus::new(),
             Duration::from_millis(200),
             None,
-            |_, _| Ok(()),
+            |_, _| Ok(false),
             |_, _| false,
         )
         .unwrap_err();
-        assert!(err.contains("did not halt within 200ms"), "{err}");
+        assert!(err.contains("did not finish within 200ms"), "{err}");
         assert!(err.contains("rip 0x1000"), "{err}");
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn a_port_the_caller_names_ends_the_run() {
+        // out 0x20, eax; jmp $ (a guest that would spin on after saying it is done)
+        let Some((_vm, mut vcpu)) = vcpu_running(&[0xe7, 0x20, 0xeb, 0xfe]) else {
+            return;
+        };
+        let mut ports = Vec::new();
+        let stopped = run_until_halt(
+            &mut vcpu,
+            &MmioBus::new(),
+            Duration::from_secs(5),
+            None,
+            |port, _| {
+                ports.push(port);
+                Ok(port == 0x20)
+            },
+            |_, _| false,
+        )
+        .unwrap();
+        assert_eq!(
+            stopped,
+            Stopped::Done {
+                port: 0x20,
+                exits: 1,
+                timed: None
+            }
+        );
+        assert_eq!(ports, [0x20]);
     }
 
     #[test]
@@ -194,7 +242,7 @@ mod tests {
             &MmioBus::new(),
             Duration::from_secs(5),
             None,
-            |_, _| Ok(()),
+            |_, _| Ok(false),
             |_, _| false,
         )
         .unwrap_err();
@@ -209,7 +257,7 @@ mod tests {
             &MmioBus::new(),
             Duration::from_secs(5),
             None,
-            |_, _| Ok(()),
+            |_, _| Ok(false),
             |addr, bytes| {
                 seen = Some((addr, bytes.to_vec()));
                 true
@@ -227,7 +275,7 @@ mod tests {
             &MmioBus::new(),
             Duration::from_secs(5),
             None,
-            |_, _| Ok(()),
+            |_, _| Ok(false),
             |_, _| false,
         )
         .unwrap_err();

@@ -2,10 +2,12 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The built-in guest program of `run`, assembled with iced-x86: a tiny virtio-pmem driver
-//! that writes a record into the pmem window and flushes it, dirties a known set of RAM
-//! pages, and finally writes to a read-only region.
+//! that sets up its own GDT, IDT and interrupt controllers, writes a record into the pmem
+//! window and flushes it, waits with interrupts on (`sti; hlt`) for the device's used-buffer
+//! interrupt, dirties a known set of RAM pages, and finally writes to a read-only region.
 
 use iced_x86::code_asm::*;
+use iced_x86::{BlockEncoderOptions, IcedError};
 
 /// Where everything is, in guest physical memory.
 #[derive(Clone, Copy, Debug)]
@@ -30,7 +32,20 @@ pub struct Layout {
     pub dirty_pages: &'static [u32],
     /// A read-only region the program writes at the end.
     pub read_only: u32,
+    /// The GDT and, 0x20 bytes in, the pseudo-descriptors for `lgdt` and `lidt` (64 bytes).
+    pub gdt: u32,
+    /// The IDT: 256 gates, 2 KiB, zero (not present) but for [`VECTOR`].
+    pub idt: u32,
+    /// The top of the stack the interrupt frame goes on.
+    pub stack: u32,
+    /// The IOAPIC pin (GSI) the device's interrupt arrives on.
+    pub gsi: u32,
 }
+
+/// The vector the guest gives the device's interrupt.
+pub const VECTOR: u32 = 0x30;
+const LAPIC: u32 = 0xfee0_0000;
+const IOAPIC: u32 = 0xfec0_0000;
 
 /// The value written to the read-only region (it must not land).
 pub const READ_ONLY_PROBE: u32 = 0xbad0_bad0;
@@ -43,6 +58,10 @@ pub const PORT_FLUSH: u16 = 0x12;
 /// Port on which the guest says it has written the record, before it asks for the FLUSH: the
 /// host counts the file's dirty pages there.
 pub const PORT_WRITTEN: u16 = 0x13;
+/// Port on which the guest reports, from its interrupt handler, the device's interrupt status.
+pub const PORT_INTERRUPT: u16 = 0x14;
+/// Port on which the guest says it is done (with an in-kernel irqchip, `hlt` does not exit).
+pub const PORT_DONE: u16 = 0x15;
 /// The record's words, written at the start of the pmem window.
 pub const RECORD: [u32; 8] = [
     0x4d45_4d50, // "PMEM"
@@ -56,9 +75,55 @@ pub const RECORD: [u32; 8] = [
 ];
 
 /// Assembles the program for `layout`, to be loaded at `layout.code`.
-pub fn program(layout: &Layout) -> Result<Vec<u8>, IcedError> {
+pub fn program(layout: &Layout) -> Result<Vec<u8>, String> {
+    // The IDT gate holds the handler's address, known only once assembled: the first pass
+    // finds it, the second uses it (immediates are 32-bit either way, so nothing moves).
+    let (_, handler) = assemble(layout, 0).map_err(|e| e.to_string())?;
+    let (code, again) = assemble(layout, handler).map_err(|e| e.to_string())?;
+    if again != handler {
+        return Err(format!(
+            "the interrupt handler moved from {handler:#x} to {again:#x} between passes"
+        ));
+    }
+    Ok(code)
+}
+
+/// The program with `handler` as the interrupt gate's target; returns the code and where the
+/// handler really is.
+fn assemble(layout: &Layout, handler: u64) -> Result<(Vec<u8>, u64), IcedError> {
     let mut a = CodeAssembler::new(32)?;
     let reg = |offset: u32| dword_ptr(layout.mmio + offset);
+
+    // Descriptor tables: flat code 0x08 and data 0x10, the selectors already loaded; one
+    // 32-bit interrupt gate (present, ring 0, selector 0x08) for VECTOR.
+    a.mov(esp, layout.stack)?;
+    let gdt = [0u64, 0x00cf_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
+    for (i, d) in gdt.iter().enumerate() {
+        a.mov(dword_ptr(layout.gdt + 8 * i as u32), *d as u32)?;
+        a.mov(dword_ptr(layout.gdt + 8 * i as u32 + 4), (*d >> 32) as u32)?;
+    }
+    let gate = layout.idt + 8 * VECTOR;
+    let handler = handler as u32;
+    a.mov(dword_ptr(gate), (0x08 << 16) | (handler & 0xffff))?;
+    a.mov(dword_ptr(gate + 4), (handler & 0xffff_0000) | 0x8e00)?;
+    // Pseudo-descriptors: a 16-bit limit, then the 32-bit base.
+    let (gdtr, idtr) = (layout.gdt + 0x20, layout.gdt + 0x28);
+    for (at, base, limit) in [
+        (gdtr, layout.gdt, 3 * 8 - 1),
+        (idtr, layout.idt, 256 * 8 - 1),
+    ] {
+        a.mov(dword_ptr(at), limit | (base << 16))?;
+        a.mov(dword_ptr(at + 4), base >> 16)?;
+    }
+    a.lgdt(ptr(gdtr))?;
+    a.lidt(ptr(idtr))?;
+    // The local APIC on (spurious vector 0xff); the device's IOAPIC pin to VECTOR, edge
+    // triggered, to APIC 0, unmasked last.
+    a.mov(dword_ptr(LAPIC + 0xf0), 0x1ffu32)?;
+    a.mov(dword_ptr(IOAPIC), 0x11 + 2 * layout.gsi)?;
+    a.mov(dword_ptr(IOAPIC + 0x10), 0u32)?;
+    a.mov(dword_ptr(IOAPIC), 0x10 + 2 * layout.gsi)?;
+    a.mov(dword_ptr(IOAPIC + 0x10), VECTOR)?;
 
     // virtio-mmio handshake (virtio 1.x, 3.1.1): acknowledge, driver, features, features ok.
     a.mov(reg(0x070), 1u32)?; // Status = ACKNOWLEDGE
@@ -107,29 +172,50 @@ pub fn program(layout: &Layout) -> Result<Vec<u8>, IcedError> {
     a.mov(dword_ptr(layout.avail), 0x0001_0000u32)?; // flags 0, idx 1
     a.mov(reg(0x050), 0u32)?; // QueueNotify = 0
 
-    // Wait for the used-buffer interrupt status, acknowledge it, report the response.
-    let mut poll = a.create_label();
-    a.set_label(&mut poll)?;
+    // Wait, interrupts on, for the device's interrupt: only it ends the wait.
+    let mut wait = a.create_label();
+    a.set_label(&mut wait)?;
+    a.sti()?;
+    a.hlt()?;
+    a.jmp(wait)?;
+
+    // The handler: acknowledge at the APIC (EOI) and the device, report, go on. It continues
+    // the program instead of returning (KVM's emulator has no protected-mode IRET, and this
+    // machine's nested KVM emulates the instruction after an EOI), so it drops its frame.
+    let mut on_interrupt = a.create_label();
+    a.set_label(&mut on_interrupt)?;
+    a.mov(dword_ptr(LAPIC + 0xb0), 0u32)?; // EOI
+    a.mov(esp, layout.stack)?;
     a.mov(eax, reg(0x060))?; // InterruptStatus
+    a.out(u32::from(PORT_INTERRUPT), eax)?;
     a.test(eax, 1u32)?;
-    a.jz(poll)?;
+    a.jz(wait)?; // not the used buffer: wait on
     a.mov(reg(0x064), 1u32)?; // InterruptACK
     a.mov(eax, dword_ptr(layout.resp))?;
     a.out(u32::from(PORT_FLUSH), eax)?;
 
-    // A write to the read-only region, which must be reported and not land; then stop.
+    // A write to the read-only region, which must be reported and not land; then done.
     a.mov(dword_ptr(layout.read_only), READ_ONLY_PROBE)?;
+    a.out(u32::from(PORT_DONE), eax)?;
+    let mut stop = a.create_label();
+    a.set_label(&mut stop)?;
+    a.cli()?;
     a.hlt()?;
-    a.assemble(u64::from(layout.code))
+    a.jmp(stop)?;
+    let result = a.assemble_options(
+        u64::from(layout.code),
+        BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+    )?;
+    let at = result.label_ip(&on_interrupt)?;
+    Ok((result.inner.code_buffer, at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_program_assembles_and_ends_in_hlt() {
-        let layout = Layout {
+    fn layout() -> Layout {
+        Layout {
             code: 0x1000,
             mmio: 0xd000_0000,
             desc: 0x1_0000,
@@ -140,13 +226,34 @@ mod tests {
             queue_size: 16,
             dirty_pages: &[0x20_0000, 0x20_5000],
             read_only: 0x80_0000,
-        };
+            gdt: 0x500,
+            idt: 0x800,
+            stack: 0x8000,
+            gsi: 16,
+        }
+    }
+
+    #[test]
+    fn the_program_points_its_interrupt_gate_at_its_handler() {
+        let layout = layout();
         let code = program(&layout).unwrap();
-        assert_eq!(code.last(), Some(&0xf4), "hlt last");
-        // The first instruction: mov dword [0xd0000070], 1.
+        let (_, handler) = assemble(&layout, 0).unwrap();
+        // The handler starts with the EOI: mov dword [0xfee000b0], 0.
+        let at = (handler - u64::from(layout.code)) as usize;
         assert_eq!(
-            code[..10],
-            [0xc7, 0x05, 0x70, 0x00, 0x00, 0xd0, 0x01, 0x00, 0x00, 0x00]
+            code[at..at + 10],
+            [0xc7, 0x05, 0xb0, 0x00, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x00]
         );
+        // The gate's low half (selector 0x08, the handler's low 16 bits) is stored to the IDT.
+        let gate = (0x08u32 << 16) | (handler as u32 & 0xffff);
+        let store: Vec<u8> = [0xc7, 0x05]
+            .into_iter()
+            .chain((layout.idt + 8 * VECTOR).to_le_bytes())
+            .chain(gate.to_le_bytes())
+            .collect();
+        assert!(code.windows(store.len()).any(|w| w == store));
+        // It starts by setting its stack: mov esp, 0x8000; and ends in cli; hlt; jmp back.
+        assert_eq!(code[..5], [0xbc, 0x00, 0x80, 0x00, 0x00]);
+        assert_eq!(code[code.len() - 4..], [0xfa, 0xf4, 0xeb, 0xfc]);
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use base::{AsRawDescriptor, MemoryMappingBuilder, Protection, RawDescriptor, SharedMemory, Tube};
 use devices::bus::MmioBus;
+use devices::virtio::interrupt::Interrupt;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use devices::virtio::pmem::Pmem;
 use hypervisor::kvm::{Kvm, KvmVm};
@@ -24,7 +25,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::drive::{run_until_halt, Stopped};
 use crate::guest::{
-    self, Layout, PORT_FLUSH, PORT_STATUS, PORT_WINDOW, PORT_WRITTEN, READ_ONLY_PROBE, RECORD,
+    self, Layout, PORT_DONE, PORT_FLUSH, PORT_INTERRUPT, PORT_STATUS, PORT_WINDOW, PORT_WRITTEN,
+    READ_ONLY_PROBE, RECORD, VECTOR,
 };
 
 const P: u64 = 4096;
@@ -40,6 +42,9 @@ const PMEM: u64 = 0x4000_0000;
 const PMEM_WINDOW: u64 = MMIO - PMEM;
 const DIRTY_PAGES: [u32; 5] = [0x20_0000, 0x20_3000, 0x20_4000, 0x2f_f000, 0x3f_f000];
 const READ_ONLY_FILL: u32 = 0x5a5a_5a5a;
+/// The device's interrupt: an IOAPIC pin above the PIC's 16, so it reaches the guest only
+/// the way the guest programs it.
+const PMEM_GSI: u32 = 16;
 
 struct Report {
     failures: Vec<String>,
@@ -52,14 +57,14 @@ impl Report {
         let result = f();
         let us = start.elapsed().as_secs_f64() * 1e6;
         let mark = if result.is_ok() { "ok" } else { "FAILED" };
-        println!("  {name:<62} {mark:>6} {us:>10.1} us");
+        println!("  {name:<72} {mark:>6} {us:>10.1} us");
         result.map_err(|e| format!("{name}: {e}"))
     }
 
     /// A check: printed, and remembered if it fails, without stopping the run.
     fn check(&mut self, name: &str, ok: bool, detail: String) {
         let mark = if ok { "ok" } else { "FAILED" };
-        println!("  {name:<62} {mark:>6}   {detail}");
+        println!("  {name:<72} {mark:>6}   {detail}");
         if !ok {
             self.failures.push(format!("{name}: {detail}"));
         }
@@ -83,6 +88,8 @@ struct Observed {
     status: Option<u32>,
     window: Option<u32>,
     flush: Option<u32>,
+    /// The interrupt status the guest's handler read, for each interrupt it took.
+    interrupts: Vec<u32>,
     read_only_write: Option<(u64, u32)>,
     /// The backing file's dirty pages when the guest had written the record, and when its
     /// FLUSH had completed (or why they cannot be counted here).
@@ -175,6 +182,9 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
             KvmVm::new(&kvm, mem.clone()).map_err(|e| e.to_string())
         })?,
     );
+    r.step("create the in-kernel irqchip (LAPIC, IOAPIC)", || {
+        vm.create_irq_chip().map_err(|e| e.to_string())
+    })?;
     r.step("log dirty pages of slot 1", || {
         vm.set_dirty_logging(1, true).map_err(|e| e.to_string())
     })?;
@@ -232,15 +242,23 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
         pmem.slot()
     );
     let mut bus = MmioBus::new();
-    r.step("put the device behind virtio-mmio on the bus", || {
-        let transport = MmioTransport::new(Box::new(pmem), mem.clone());
-        bus.insert(Arc::new(Mutex::new(transport)), MMIO, MMIO_SIZE)
-            .map_err(|e| e.to_string())?;
-        // The bus owns this window: no slot may ever cover it, by any path.
-        let page = base::pagesize() as u64;
-        vm.reserve_guest_range(GuestAddress(MMIO), MMIO_SIZE.next_multiple_of(page))
-            .map_err(|e| e.to_string())
-    })?;
+    r.step(
+        &format!("put the device behind virtio-mmio on the bus, interrupt on GSI {PMEM_GSI}"),
+        || {
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?;
+            // KVM turns each write to the eventfd into an edge on the GSI.
+            vm.register_irqfd(PMEM_GSI, &irq, None)
+                .map_err(|e| e.to_string())?;
+            let transport =
+                MmioTransport::new(Box::new(pmem), mem.clone()).with_interrupt(Interrupt::new(irq));
+            bus.insert(Arc::new(Mutex::new(transport)), MMIO, MMIO_SIZE)
+                .map_err(|e| e.to_string())?;
+            // The bus owns this window: no slot may ever cover it, by any path.
+            let page = base::pagesize() as u64;
+            vm.reserve_guest_range(GuestAddress(MMIO), MMIO_SIZE.next_multiple_of(page))
+                .map_err(|e| e.to_string())
+        },
+    )?;
 
     let layout = Layout {
         code: 0x1000,
@@ -253,11 +271,15 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
         queue_size: 16,
         dirty_pages: &DIRTY_PAGES,
         read_only: READ_ONLY as u32,
+        gdt: 0x500,
+        idt: 0x800,
+        stack: 0xf000,
+        gsi: PMEM_GSI,
     };
     let mut vcpu = r.step(
         "assemble and load the guest program; vCPU 0 in 32-bit mode",
         || {
-            let code = guest::program(&layout).map_err(|e| e.to_string())?;
+            let code = guest::program(&layout)?;
             mem.write_all_at_addr(&code, GuestAddress(layout.code.into()))
                 .map_err(|e| e.to_string())?;
             let vcpu = vm.create_vcpu(0).map_err(|e| e.to_string())?;
@@ -269,7 +291,9 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
 
     let mut seen = Observed::default();
     let stopped = r.step(
-        &format!("run the guest until hlt, within {GUEST_DEADLINE:?} (device exits handled)"),
+        &format!(
+            "run the guest until it is done, within {GUEST_DEADLINE:?} (device exits handled)"
+        ),
         || {
             // The queue's notify register: its write carries the FLUSH through.
             let notify = MMIO + 0x050;
@@ -289,17 +313,19 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
                         PORT_STATUS => seen.status = Some(value),
                         PORT_WINDOW => seen.window = Some(value),
                         PORT_WRITTEN => seen.dirty_before = Some(dirty_pages(&file)),
+                        PORT_INTERRUPT => seen.interrupts.push(value),
                         PORT_FLUSH => {
                             seen.flush = Some(value);
                             seen.dirty_after = Some(dirty_pages(&file));
                         }
+                        PORT_DONE => return Ok(true),
                         other => {
                             return Err(format!(
                                 "the guest wrote to port {other:#x}, which nothing answers"
                             ))
                         }
                     }
-                    Ok(())
+                    Ok(false)
                 },
                 |address, bytes| {
                     // The write to the read-only region: expected, and reported.
@@ -313,12 +339,12 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
             )
         },
     )?;
-    let Stopped::Halted { exits, timed } = stopped;
+    let (Stopped::Halted { exits, timed } | Stopped::Done { exits, timed, .. }) = stopped;
     seen.flush_time = timed;
     println!("    {exits} exits");
     if let Some(t) = seen.flush_time {
         println!(
-            "  {:<62} {:>6} {:>10.1} us",
+            "  {:<72} {:>6} {:>10.1} us",
             "  of which the FLUSH: notify -> vm_control -> msync -> used",
             "",
             t.as_secs_f64() * 1e6
@@ -337,6 +363,15 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
         format!("window {}", shown(seen.window)),
     );
     r.check(
+        &format!("the guest waited (sti; hlt) for the used-buffer interrupt, vector {VECTOR:#x}"),
+        seen.interrupts.first().is_some_and(|s| s & 1 != 0),
+        format!(
+            "{} interrupt(s), status {}",
+            seen.interrupts.len(),
+            shown(seen.interrupts.first().copied())
+        ),
+    );
+    r.check(
         "the FLUSH completed with OK",
         seen.flush == Some(0),
         format!("response {}", shown(seen.flush)),
@@ -352,7 +387,7 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
         ),
         (Some(Err(why)), _) | (_, Some(Err(why))) => {
             println!(
-                "  {:<62} {:>6}   {why}",
+                "  {:<72} {:>6}   {why}",
                 "the FLUSH made the record durable", "SKIP"
             )
         }
