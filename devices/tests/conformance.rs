@@ -442,6 +442,40 @@ fn the_work_of_one_notify_is_bounded_by_the_queue_size() {
 }
 
 #[test]
+fn heads_out_of_range_count_toward_the_notify_budget() {
+    // A driver that keeps moving the available index forward during one notify, with heads
+    // the device cannot use: each costs the budget, so the notify still ends.
+    let mem = GuestMemory::new(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let mut q = Queue::new(4);
+    q.set_desc_table(GuestAddress(DESC)).unwrap();
+    q.set_avail_ring(GuestAddress(AVAIL)).unwrap();
+    q.set_used_ring(GuestAddress(USED)).unwrap();
+    q.enable(&mem).unwrap();
+    q.begin_notify();
+    for i in 0..4u64 {
+        mem.write_obj_at_addr(9u16, GuestAddress(AVAIL + 4 + 2 * i))
+            .unwrap();
+    }
+    mem.write_obj_at_addr(4u16, GuestAddress(AVAIL + 2))
+        .unwrap();
+    for _ in 0..4 {
+        let bad = q.pop(&mem).unwrap().unwrap().unwrap_err();
+        assert!(
+            matches!(bad.error, QueueError::DescriptorIndex { index: 9, size: 4 }),
+            "{}",
+            bad.error
+        );
+    }
+    mem.write_obj_at_addr(5u16, GuestAddress(AVAIL + 2))
+        .unwrap();
+    let err = q.pop(&mem).unwrap_err();
+    assert!(
+        matches!(err, QueueError::NotifyTooLong { walked: 5, size: 4 }),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_broken_ring_needs_a_reset_and_the_device_stops() {
     let mut d = Driver::new();
     d.up(4, 0);

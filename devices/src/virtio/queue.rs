@@ -397,6 +397,9 @@ impl Queue {
         let mut buffers: Vec<Buffer> = Vec::new();
         let mut index = head;
         loop {
+            // Counted before it is checked: a notify of bad heads costs its budget too, so
+            // a driver racing the available index forward cannot make one notify endless.
+            self.walked += 1;
             if index >= self.size {
                 return Err(Error::DescriptorIndex {
                     index,
@@ -409,7 +412,6 @@ impl Queue {
                     size: self.size,
                 });
             }
-            self.walked += 1;
             let desc: Descriptor =
                 mem.read_obj_from_addr(self.desc_table.unchecked_add(16 * u64::from(index)))?;
             if desc.flags & VIRTQ_DESC_F_INDIRECT != 0 {

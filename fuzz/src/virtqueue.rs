@@ -1,0 +1,172 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A hostile driver's split virtqueue: the input configures a queue (any size, rings
+//! anywhere, including across contiguous regions, over holes and past the end of memory),
+//! enables, disables and resets it, writes anything into the rings and descriptors between
+//! notifies, and notifies. The device side pops chains and uses them as a device would.
+//! Promises checked: nothing panics; configuration never changes while the queue is ready;
+//! a ready queue's rings are in guest memory, so using a buffer never fails; every buffer
+//! handed out is guest memory and readable ones come before writable ones; one notify walks
+//! at most the queue size.
+
+use devices::virtio::queue::{Error, Queue};
+use vm_memory::{GuestAddress, GuestMemory};
+
+use crate::input::Input;
+
+/// Two contiguous regions, then a hole, then a third: rings may straddle the first boundary
+/// and must never straddle the hole.
+const REGIONS: [(u64, u64); 3] = [(0, 0x1_0000), (0x1_0000, 0x1000), (0x1_2000, 0x1000)];
+const MAX: u16 = 256;
+
+fn address(input: &mut Input) -> GuestAddress {
+    let pick = input.u8();
+    let near = match pick % 8 {
+        0 => return GuestAddress(input.u64()),
+        1 => 0x1_0000, // the contiguous boundary
+        2 => 0x1_1000, // the hole
+        3 => 0x1_3000, // the end of memory
+        4 => u64::MAX - 0xfff,
+        _ => u64::from(input.u16()) & !0xf,
+    };
+    GuestAddress(near.wrapping_add_signed(i64::from(input.u8() as i8)))
+}
+
+fn size(input: &mut Input) -> u16 {
+    match input.u8() % 4 {
+        0 => input.u16(),
+        1 => 0,
+        _ => 1 << (input.u8() % 10),
+    }
+}
+
+/// The device's side of one notify; returns how many descriptors it was handed.
+fn notify(queue: &mut Queue, mem: &GuestMemory) -> usize {
+    queue.begin_notify();
+    let mut descriptors = 0;
+    let mut pops = 0;
+    loop {
+        let chain = match queue.pop(mem) {
+            Ok(None) => break,
+            Ok(Some(chain)) => chain,
+            // A queue-wide fault: the device stops (and would need a reset).
+            Err(e) => {
+                if let Error::NotifyTooLong { walked, size } = e {
+                    assert!(walked > usize::from(size));
+                }
+                break;
+            }
+        };
+        pops += 1;
+        assert!(
+            pops <= usize::from(queue.size()),
+            "more chains than the queue holds"
+        );
+        let (head, len) = match chain {
+            Ok(chain) => {
+                let mut written = 0u32;
+                let mut seen_writable = false;
+                for b in &chain.buffers {
+                    assert!(mem.is_valid_range(b.addr, u64::from(b.len)), "{b:?}");
+                    assert!(b.writable || !seen_writable, "readable after writable");
+                    seen_writable |= b.writable;
+                    let mut data = vec![0; b.len as usize];
+                    if b.writable {
+                        data.fill(0xd5);
+                        mem.write_all_at_addr(&data, b.addr)
+                            .expect("a checked buffer");
+                        written = written.saturating_add(b.len);
+                    } else {
+                        mem.read_exact_at_addr(&mut data, b.addr)
+                            .expect("a checked buffer");
+                    }
+                }
+                descriptors += chain.buffers.len();
+                (chain.head, written)
+            }
+            Err(bad) => (bad.head, 0),
+        };
+        queue
+            .add_used(mem, head, len)
+            .expect("the used ring of a ready queue is guest memory");
+    }
+    if pops > 0 {
+        queue
+            .needs_notification(mem)
+            .expect("the rings of a ready queue are guest memory");
+    }
+    assert!(
+        descriptors <= usize::from(queue.size()),
+        "one notify walked too far"
+    );
+    descriptors
+}
+
+/// Runs the input. Panics if a promise is broken.
+pub fn run(data: &[u8]) {
+    let ranges: Vec<_> = REGIONS.iter().map(|&(a, s)| (GuestAddress(a), s)).collect();
+    let mem = GuestMemory::new(&ranges).expect("a valid layout");
+    let mut input = Input::new(data);
+    let mut queue = Queue::new(MAX);
+    let mut ops = 0;
+    while !input.is_empty() && ops < 512 {
+        ops += 1;
+        match input.u8() % 8 {
+            0 | 1 => {
+                // The driver writes anything anywhere (rings, descriptors, buffers).
+                let at = address(&mut input);
+                let len = usize::from(input.u8());
+                let bytes = input.bytes(len).to_vec();
+                let _ = mem.write_all_at_addr(&bytes, at);
+            }
+            2 => {
+                let ready = queue.ready();
+                let (s, d, a, u) = (
+                    size(&mut input),
+                    address(&mut input),
+                    address(&mut input),
+                    address(&mut input),
+                );
+                let before = (queue.size(), queue.desc_table(), queue.avail_ring());
+                let results = [
+                    queue.set_size(s),
+                    queue.set_desc_table(d),
+                    queue.set_avail_ring(a),
+                    queue.set_used_ring(u),
+                ];
+                for r in results {
+                    match r {
+                        Ok(()) => assert!(!ready),
+                        Err(Error::ConfigWhileReady { .. }) => assert!(ready),
+                        Err(e) => panic!("configuration refused with {e}"),
+                    }
+                }
+                if ready {
+                    assert_eq!(
+                        before,
+                        (queue.size(), queue.desc_table(), queue.avail_ring())
+                    );
+                }
+            }
+            3 => match queue.enable(&mem) {
+                Ok(()) => {
+                    assert!(queue.ready());
+                    queue.validate(&mem).expect("a ready queue is valid");
+                }
+                Err(_) => assert!(!queue.ready(), "a queue that failed its checks is ready"),
+            },
+            4 => queue.disable(),
+            5 => queue.reset(),
+            6 => queue.set_event_idx(input.u8() & 1 != 0),
+            _ => {
+                if queue.ready() {
+                    notify(&mut queue, &mem);
+                } else {
+                    assert!(matches!(queue.pop(&mem), Err(Error::NotReady)));
+                    assert!(matches!(queue.add_used(&mem, 0, 0), Err(Error::NotReady)));
+                }
+            }
+        }
+    }
+}

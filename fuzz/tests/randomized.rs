@@ -1,0 +1,218 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The fuzz targets' seeded, time-bounded versions, run by `tools/run_tests`: the seed
+//! corpus of each target, then random inputs and mutations of the corpus from fixed seeds
+//! for `FUZZ_SECONDS` seconds (default 4) each. A failing input is written to `target/fuzz-failures/` so that
+//! `cargo fuzz run <target> <file>` replays it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn budget() -> Duration {
+    let secs = std::env::var("FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(4.0);
+    Duration::from_secs_f64(secs)
+}
+
+/// Runs `target` on `input`; on a panic keeps the input and fails naming it.
+fn one(name: &str, target: fn(&[u8]), input: &[u8], origin: &str) {
+    if catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{name}-{origin}"));
+        let _ = std::fs::write(&path, input);
+        panic!(
+            "{name} failed on {origin}; the input is in {}",
+            path.display()
+        );
+    }
+}
+
+/// Flips, overwrites, inserts and drops a few bytes of `input`.
+fn mutate(rng: &mut StdRng, input: &[u8]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..rng.random_range(1..8) {
+        let at = rng.random_range(0..=out.len());
+        match rng.random_range(0..4) {
+            0 if at < out.len() => out[at] ^= 1 << rng.random_range(0..8),
+            1 if at < out.len() => out[at] = rng.random(),
+            2 => out.insert(at, rng.random()),
+            _ if at < out.len() => {
+                out.remove(at);
+            }
+            _ => out.push(rng.random()),
+        }
+    }
+    out
+}
+
+/// Runs the seed corpus (`builtin` and `seeds/<name>/`), then, until the time is up, random
+/// inputs and mutations of the corpus, each from its own fixed seed.
+fn randomized(name: &str, target: fn(&[u8]), builtin: Vec<Vec<u8>>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(name);
+    let mut corpus = builtin;
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            corpus.push(std::fs::read(entry.path()).unwrap());
+        }
+    }
+    for (i, input) in corpus.iter().enumerate() {
+        one(name, target, input, &format!("corpus-{i}"));
+    }
+    let start = Instant::now();
+    let mut seed = 0u64;
+    while start.elapsed() < budget() {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let input = if !corpus.is_empty() && rng.random_bool(0.5) {
+            let base = &corpus[rng.random_range(0..corpus.len())];
+            mutate(&mut rng, base)
+        } else {
+            // Mostly short inputs, some long enough for many operations.
+            let len = if rng.random_bool(0.8) {
+                rng.random_range(0..256)
+            } else {
+                rng.random_range(256..4096)
+            };
+            (0..len).map(|_| rng.random()).collect()
+        };
+        one(name, target, &input, &format!("seed-{seed}"));
+        seed += 1;
+    }
+    println!(
+        "{name}: {} corpus inputs, then {seed} random or mutated ones (seeds 0..{seed})",
+        corpus.len()
+    );
+}
+
+/// Bytes that `virtqueue::run` reads as a well-behaved driver: a 16-entry queue with its
+/// rings at 0, 0x1000 and 0x2000, a two-descriptor chain (readable, then writable), notified
+/// twice, the second time with event-idx on.
+fn virtqueue_seeds() -> Vec<Vec<u8>> {
+    // address(): pick 5 is "a 16-aligned u16", then a zero delta.
+    let at = |a: u16| [5, a as u8, (a >> 8) as u8, 0];
+    let poke = |a: u16, bytes: &[u8]| {
+        let mut v = vec![0];
+        v.extend(at(a));
+        v.push(bytes.len() as u8);
+        v.extend(bytes);
+        v
+    };
+    let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+        let mut v = addr.to_le_bytes().to_vec();
+        v.extend(len.to_le_bytes());
+        v.extend(flags.to_le_bytes());
+        v.extend(next.to_le_bytes());
+        v
+    };
+    let mut s = vec![2, 2, 4]; // configure: size 1 << 4
+    s.extend(at(0x0000));
+    s.extend(at(0x1000));
+    s.extend(at(0x2000));
+    s.push(3); // enable
+    let mut chain = desc(0x4000, 0x10, 1, 1);
+    chain.extend(desc(0x5000, 0x20, 2, 0));
+    s.extend(poke(0x0000, &chain));
+    s.extend(poke(0x1000, &[0, 0, 1, 0, 0, 0]));
+    s.push(7); // notify
+    s.extend([6, 1]); // event idx on
+    s.extend(poke(0x1000, &[0, 0, 2, 0, 0, 0, 0, 0]));
+    s.push(7);
+    vec![s]
+}
+
+/// Bytes that `mmio::run` reads as a driver's whole handshake: status steps, features,
+/// queue 0 at 0, 0x1000 and 0x2000, ready, DRIVER_OK, one chain, a notify, the ACK.
+fn mmio_seeds() -> Vec<Vec<u8>> {
+    // op 0x80: a write at a raw offset; value kind 0 (raw u32); width kind 0 (4 bytes).
+    let write = |offset: u16, value: u32| {
+        let mut v = vec![0x80];
+        v.extend(offset.to_le_bytes());
+        v.push(0);
+        v.extend(value.to_le_bytes());
+        v.push(0);
+        v
+    };
+    // op 3: a memory write; the offset byte is read and unused; address = u16 << 1.
+    let poke = |addr: u16, bytes: &[u8]| {
+        let mut v = vec![3, 0];
+        v.extend((addr >> 1).to_le_bytes());
+        v.push(bytes.len() as u8);
+        v.extend(bytes);
+        v
+    };
+    let mut s = Vec::new();
+    for (offset, value) in [
+        (0x070, 1),
+        (0x070, 3),
+        (0x024, 1),
+        (0x020, 1),
+        (0x070, 0xb),
+        (0x030, 0),
+        (0x038, 16),
+        (0x080, 0),
+        (0x090, 0x1000),
+        (0x0a0, 0x2000),
+        (0x044, 1),
+        (0x070, 0xf),
+    ] {
+        s.extend(write(offset, value));
+    }
+    let mut chain = 0x4000u64.to_le_bytes().to_vec();
+    chain.extend([0x10, 0, 0, 0, 1, 0, 1, 0]);
+    chain.extend(0x5000u64.to_le_bytes());
+    chain.extend([0x20, 0, 0, 0, 2, 0, 0, 0]);
+    s.extend(poke(0x0000, &chain));
+    s.extend(poke(0x1000, &[0, 0, 1, 0, 0, 0]));
+    s.extend(write(0x050, 0));
+    s.extend(write(0x064, 1));
+    vec![s]
+}
+
+#[test]
+fn guest_memory_ranges() {
+    randomized(
+        "guest_memory",
+        vmm_memory_fuzz::guest_memory::run,
+        Vec::new(),
+    );
+}
+
+#[test]
+fn virtqueue_rings() {
+    randomized(
+        "virtqueue",
+        vmm_memory_fuzz::virtqueue::run,
+        virtqueue_seeds(),
+    );
+}
+
+#[test]
+fn mmio_registers() {
+    randomized("mmio", vmm_memory_fuzz::mmio::run, mmio_seeds());
+}
+
+#[test]
+fn vm_memory_requests() {
+    if !vmm_memory_fuzz::vm_memory_request::kvm_available() {
+        assert!(
+            std::env::var_os("VMM_REQUIRE_KVM").is_none_or(|v| v != "1"),
+            "KVM is required here but /dev/kvm does not open"
+        );
+        println!("KVM-SKIP vm_memory_requests: /dev/kvm cannot be opened");
+        return;
+    }
+    randomized(
+        "vm_memory_request",
+        vmm_memory_fuzz::vm_memory_request::run,
+        Vec::new(),
+    );
+}
