@@ -13,6 +13,10 @@
 //! regions that share a table bucket. The fast path of every access is inlined at its call
 //! site. Bad input, at construction or on access, gets a typed [`Error`] naming the address;
 //! nothing here panics on input.
+//!
+//! With the feature `rust-vmm`, [`GuestMemory`] also implements vm-memory 0.18's
+//! `GuestMemoryBackend` (so `GuestMemory` and `Bytes`, by vm-memory's blanket impls), over our
+//! regions and our lookup: rust-vmm's crates run on it unchanged.
 
 mod access;
 mod error;
@@ -22,6 +26,14 @@ mod layout;
 mod options;
 mod region;
 mod region_table;
+#[cfg(feature = "rust-vmm")]
+pub mod rust_vmm;
+
+/// rust-vmm's vm-memory, whose traits [`GuestMemory`] and [`MemoryRegion`] implement with the
+/// feature `rust-vmm` (see the `rust_vmm` module's notes and `docs/guides/rust-vmm.md`). Use
+/// this path, so that the traits are the same crate version as ours.
+#[cfg(feature = "rust-vmm")]
+pub use rust_vm_memory;
 
 pub use error::{Error, Result};
 pub use guest_address::GuestAddress;

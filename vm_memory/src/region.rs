@@ -37,6 +37,9 @@ pub struct MemoryRegion {
     pub(crate) backing: RegionBacking,
     pub(crate) backing_offset: u64,
     pub(crate) options: MemoryRegionOptions,
+    /// The backing as vm-memory's `FileOffset`, made when first asked for.
+    #[cfg(feature = "rust-vmm")]
+    pub(crate) file_offset: std::sync::OnceLock<rust_vm_memory::FileOffset>,
 }
 
 impl MemoryRegion {
@@ -200,5 +203,7 @@ pub(crate) fn map_region(
         backing,
         backing_offset,
         options,
+        #[cfg(feature = "rust-vmm")]
+        file_offset: std::sync::OnceLock::new(),
     })
 }
