@@ -140,8 +140,10 @@ fn linux_loader_loads_debians_kernel_byte_for_byte() {
     assert!(before.iter().all(|&b| b == 0));
 
     // The zero page, as a VMM would write it with linux-loader's boot configurator.
-    let mut params = linux_loader::loader::bootparam::boot_params::default();
-    params.hdr = header;
+    let params = linux_loader::loader::bootparam::boot_params {
+        hdr: header,
+        ..Default::default()
+    };
     linux_loader::configurator::linux::LinuxBootConfigurator::write_bootparams(
         &linux_loader::configurator::BootParams::new(&params, rvm::GuestAddress(0x7000)),
         &mem,
