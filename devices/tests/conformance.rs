@@ -10,7 +10,7 @@ use devices::bus::BusDevice;
 use devices::virtio::interrupt::Interrupt;
 use devices::virtio::mmio::{
     status, MmioTransport, VirtioDevice, INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_BUFFER,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use devices::virtio::queue::{
     Error as QueueError, Queue, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
@@ -252,9 +252,12 @@ fn a_driver_cannot_clear_status_bits_only_reset() {
 #[test]
 fn features_ok_only_for_offered_features_with_version_1() {
     let mut d = Driver::new();
-    // Offered: VERSION_1 and EVENT_IDX only.
+    // Offered: VERSION_1, EVENT_IDX and INDIRECT_DESC only.
     d.write(0x014, 0);
-    assert_eq!(d.read(0x010), VIRTIO_RING_F_EVENT_IDX as u32);
+    assert_eq!(
+        d.read(0x010),
+        (VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC) as u32
+    );
     d.write(0x014, 1);
     assert_eq!(d.read(0x010), 1);
     // Features written before DRIVER are ignored.

@@ -8,7 +8,8 @@
 //! Promises checked: nothing panics; configuration never changes while the queue is ready;
 //! a ready queue's rings are in guest memory, so using a buffer never fails; every buffer
 //! handed out is guest memory and readable ones come before writable ones; one notify walks
-//! at most the queue size.
+//! at most the queue size of ring descriptors, and with indirect tables each chain holds at
+//! most the queue size of buffers.
 
 use devices::virtio::queue::{Error, Queue};
 use vm_memory::{GuestAddress, GuestMemory};
@@ -41,8 +42,8 @@ fn size(input: &mut Input) -> u16 {
     }
 }
 
-/// The device's side of one notify; returns how many descriptors it was handed.
-fn notify(queue: &mut Queue, mem: &GuestMemory) -> usize {
+/// The device's side of one notify; returns how many buffers it was handed.
+fn notify(queue: &mut Queue, mem: &GuestMemory, indirect: bool) -> usize {
     queue.begin_notify();
     let mut descriptors = 0;
     let mut pops = 0;
@@ -82,6 +83,10 @@ fn notify(queue: &mut Queue, mem: &GuestMemory) -> usize {
                             .expect("a checked buffer");
                     }
                 }
+                assert!(
+                    chain.buffers.len() <= usize::from(queue.size()),
+                    "a chain longer than the queue"
+                );
                 descriptors += chain.buffers.len();
                 (chain.head, written)
             }
@@ -96,8 +101,10 @@ fn notify(queue: &mut Queue, mem: &GuestMemory) -> usize {
             .needs_notification(mem)
             .expect("the rings of a ready queue are guest memory");
     }
+    // Without indirect tables every buffer is a ring descriptor, and a notify walks at most
+    // the queue size of those.
     assert!(
-        descriptors <= usize::from(queue.size()),
+        indirect || descriptors <= usize::from(queue.size()),
         "one notify walked too far"
     );
     descriptors
@@ -109,6 +116,7 @@ pub fn run(data: &[u8]) {
     let mem = GuestMemory::new(&ranges).expect("a valid layout");
     let mut input = Input::new(data);
     let mut queue = Queue::new(MAX);
+    let mut indirect = false;
     let mut ops = 0;
     while !input.is_empty() && ops < 512 {
         ops += 1;
@@ -158,10 +166,15 @@ pub fn run(data: &[u8]) {
             },
             4 => queue.disable(),
             5 => queue.reset(),
-            6 => queue.set_event_idx(input.u8() & 1 != 0),
+            6 => {
+                let bits = input.u8();
+                queue.set_event_idx(bits & 1 != 0);
+                indirect = bits & 2 != 0;
+                queue.set_indirect(indirect);
+            }
             _ => {
                 if queue.ready() {
-                    notify(&mut queue, &mem);
+                    notify(&mut queue, &mem, indirect);
                 } else {
                     assert!(matches!(queue.pop(&mem), Err(Error::NotReady)));
                     assert!(matches!(queue.add_used(&mem, 0, 0), Err(Error::NotReady)));

@@ -29,6 +29,9 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// The ring feature that lets the driver say when it wants used-buffer notifications (and
 /// the device, when it wants kicks).
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// The ring feature that lets a chain's buffers sit in a table of their own, so that one
+/// ring entry carries a whole request.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 
 /// Device status bits.
 pub mod status {
@@ -168,7 +171,10 @@ impl MmioTransport {
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
+        self.device.features()
+            | VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_RING_F_INDIRECT_DESC
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -343,9 +349,11 @@ impl MmioTransport {
                 value &= !(FEATURES_OK | DRIVER_OK);
             } else {
                 let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
-                self.queues
-                    .iter_mut()
-                    .for_each(|q| q.set_event_idx(event_idx));
+                let indirect = self.driver_features & VIRTIO_RING_F_INDIRECT_DESC != 0;
+                for queue in &mut self.queues {
+                    queue.set_event_idx(event_idx);
+                    queue.set_indirect(indirect);
+                }
             }
         }
         self.status = value;

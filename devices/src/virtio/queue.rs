@@ -16,8 +16,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 /// The device writes this buffer.
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// The buffer holds a table of descriptors (not offered by our devices).
+/// The buffer holds a table of descriptors (with `VIRTIO_RING_F_INDIRECT_DESC`).
 pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// Bytes of one descriptor, in the ring's table and in an indirect table.
+const DESC_SIZE: u64 = 16;
 
 /// Errors of a virtqueue.
 #[sorted]
@@ -70,9 +72,50 @@ pub enum Error {
         /// Its length.
         len: u32,
     },
-    /// An indirect descriptor, which our devices do not offer.
+    /// An index in an indirect table at or past the table's end.
+    #[error("chain {head}: indirect entry {index} is out of range for a table of {entries}")]
+    IndirectIndex {
+        /// The chain's head.
+        head: u16,
+        /// The index.
+        index: u16,
+        /// Entries in the table.
+        entries: u64,
+    },
+    /// A descriptor in an indirect table points at another table (virtio 1.x, 2.7.5.3.1:
+    /// the driver must not).
+    #[error("chain {head}: entry {index} of its indirect table is itself indirect")]
+    IndirectInIndirect {
+        /// The chain's head.
+        head: u16,
+        /// The entry in the indirect table.
+        index: u16,
+    },
+    /// An indirect table whose length is 0, not a whole number of descriptors, or longer
+    /// than the queue size (the longest chain a driver may make).
+    #[error(
+        "chain {head}: indirect table of {len:#x} bytes must hold 1 to {size} whole descriptors"
+    )]
+    IndirectTableLength {
+        /// The chain's head.
+        head: u16,
+        /// The table's length in bytes.
+        len: u32,
+        /// The queue size.
+        size: u16,
+    },
+    /// An indirect descriptor, which was not negotiated.
     #[error("descriptor {index} of chain {head} is indirect, which was not negotiated")]
     IndirectUnsupported {
+        /// The chain's head.
+        head: u16,
+        /// The descriptor.
+        index: u16,
+    },
+    /// A descriptor with both INDIRECT and NEXT (virtio 1.x, 2.7.5.3.1: the driver must not
+    /// set both).
+    #[error("descriptor {index} of chain {head} is indirect and has a next one")]
+    IndirectWithNext {
         /// The chain's head.
         head: u16,
         /// The descriptor.
@@ -198,6 +241,8 @@ pub struct Queue {
     next_used: u16,
     /// `VIRTIO_RING_F_EVENT_IDX` was negotiated.
     event_idx: bool,
+    /// `VIRTIO_RING_F_INDIRECT_DESC` was negotiated.
+    indirect: bool,
     /// The used index when the driver was last notified (for event-idx suppression).
     signalled_used: Option<u16>,
     /// Descriptors walked since the last notify began.
@@ -217,6 +262,7 @@ impl Queue {
             next_avail: 0,
             next_used: 0,
             event_idx: false,
+            indirect: false,
             signalled_used: None,
             walked: 0,
         }
@@ -292,6 +338,12 @@ impl Queue {
         self.event_idx = on;
     }
 
+    /// Whether chains may use indirect tables (`VIRTIO_RING_F_INDIRECT_DESC`, set at feature
+    /// negotiation).
+    pub fn set_indirect(&mut self, on: bool) {
+        self.indirect = on;
+    }
+
     /// Back to the state after reset.
     pub fn reset(&mut self) {
         *self = Queue::new(self.max_size);
@@ -326,7 +378,7 @@ impl Queue {
         }
         let n = u64::from(size);
         for (ring, addr, align, len) in [
-            ("descriptor table", self.desc_table, 16, 16 * n),
+            ("descriptor table", self.desc_table, 16, DESC_SIZE * n),
             ("available ring", self.avail_ring, 2, 6 + 2 * n),
             ("used ring", self.used_ring, 4, 6 + 8 * n),
         ] {
@@ -349,9 +401,11 @@ impl Queue {
     /// it is consumed, and the device should return `bad.head` used with length 0. `Err` is a
     /// queue-wide fault (the driver broke the ring); the device should stop using the queue.
     ///
-    /// One notify walks at most `size` descriptors in all (a driver never has more in flight):
-    /// past that, [`Error::NotifyTooLong`]. So the work a notify costs is bounded by the
-    /// validated queue size, whatever the rings hold.
+    /// One notify walks at most `size` descriptors of the ring's table in all (a driver never
+    /// has more in flight): past that, [`Error::NotifyTooLong`]. A chain holds at most `size`
+    /// buffers, counting those of an indirect table. So the work a notify costs is bounded by
+    /// the validated queue size (`size` ring descriptors, and `size` buffers for each of at
+    /// most `size` chains), whatever the rings hold.
     pub fn pop(
         &mut self,
         mem: &GuestMemory,
@@ -396,15 +450,32 @@ impl Queue {
     fn walk(&mut self, mem: &GuestMemory, head: u16) -> Result<DescriptorChain> {
         let mut buffers: Vec<Buffer> = Vec::new();
         let mut index = head;
+        // Where descriptors are read from: the ring's table, then perhaps one indirect table
+        // (with its number of entries).
+        let mut table = self.desc_table;
+        let mut indirect: Option<u64> = None;
         loop {
-            // Counted before it is checked: a notify of bad heads costs its budget too, so
-            // a driver racing the available index forward cannot make one notify endless.
-            self.walked += 1;
-            if index >= self.size {
-                return Err(Error::DescriptorIndex {
-                    index,
-                    size: self.size,
-                });
+            match indirect {
+                None => {
+                    // Counted before it is checked: a notify of bad heads costs its budget
+                    // too, so a driver racing the available index forward cannot make one
+                    // notify endless.
+                    self.walked += 1;
+                    if index >= self.size {
+                        return Err(Error::DescriptorIndex {
+                            index,
+                            size: self.size,
+                        });
+                    }
+                }
+                Some(entries) if u64::from(index) >= entries => {
+                    return Err(Error::IndirectIndex {
+                        head,
+                        index,
+                        entries,
+                    });
+                }
+                Some(_) => {}
             }
             if buffers.len() >= usize::from(self.size) {
                 return Err(Error::ChainTooLong {
@@ -412,10 +483,15 @@ impl Queue {
                     size: self.size,
                 });
             }
+            // The index is below the table's entries, whose bytes were checked to be in guest
+            // memory (the ring's table at enable, an indirect one below).
             let desc: Descriptor =
-                mem.read_obj_from_addr(self.desc_table.unchecked_add(16 * u64::from(index)))?;
+                mem.read_obj_from_addr(table.unchecked_add(DESC_SIZE * u64::from(index)))?;
             if desc.flags & VIRTQ_DESC_F_INDIRECT != 0 {
-                return Err(Error::IndirectUnsupported { head, index });
+                table = self.indirect_table(mem, head, index, &desc, indirect.is_some())?;
+                indirect = Some(u64::from(desc.len) / DESC_SIZE);
+                index = 0;
+                continue;
             }
             let writable = desc.flags & VIRTQ_DESC_F_WRITE != 0;
             if !writable && buffers.last().is_some_and(|b| b.writable) {
@@ -440,6 +516,46 @@ impl Queue {
             }
             index = desc.next;
         }
+    }
+
+    /// Checks the indirect descriptor `desc` (at `index` of the ring's table, or of an
+    /// indirect table when `nested`) and returns where its table is. Its WRITE flag means
+    /// nothing (virtio 1.x, 2.7.5.3.2: the device ignores it).
+    fn indirect_table(
+        &self,
+        mem: &GuestMemory,
+        head: u16,
+        index: u16,
+        desc: &Descriptor,
+        nested: bool,
+    ) -> Result<GuestAddress> {
+        if !self.indirect {
+            return Err(Error::IndirectUnsupported { head, index });
+        }
+        if nested {
+            return Err(Error::IndirectInIndirect { head, index });
+        }
+        if desc.flags & VIRTQ_DESC_F_NEXT != 0 {
+            return Err(Error::IndirectWithNext { head, index });
+        }
+        let len = u64::from(desc.len);
+        if len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > u64::from(self.size) {
+            return Err(Error::IndirectTableLength {
+                head,
+                len: desc.len,
+                size: self.size,
+            });
+        }
+        let addr = GuestAddress(desc.addr);
+        if !mem.is_valid_range(addr, len) {
+            return Err(Error::DescriptorOutOfMemory {
+                head,
+                index,
+                addr,
+                len: desc.len,
+            });
+        }
+        Ok(addr)
     }
 
     /// Returns chain `head` to the driver with `len` bytes written.
