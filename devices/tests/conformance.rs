@@ -7,13 +7,15 @@
 //! guest memory. No KVM is needed.
 
 use devices::bus::BusDevice;
+use devices::virtio::driver::{DriverBuffer, DriverQueue};
 use devices::virtio::interrupt::Interrupt;
 use devices::virtio::mmio::{
     status, MmioTransport, VirtioDevice, INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_BUFFER,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use devices::virtio::queue::{
-    Error as QueueError, Queue, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    Descriptor, Error as QueueError, Queue, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
@@ -512,6 +514,210 @@ fn a_broken_ring_needs_a_reset_and_the_device_stops() {
     d.up(4, 0);
     d.offer(4, &[0]);
     assert_eq!(d.used_idx(), 1);
+}
+
+// -- 2.7.5.3: indirect descriptors ------------------------------------------------------
+
+/// A ready 8-entry queue with indirect tables as `indirect` says, and its driver.
+fn indirect_queue(indirect: bool) -> (GuestMemory, Queue, DriverQueue) {
+    let mem = GuestMemory::new(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let driver = DriverQueue::new(
+        &mem,
+        8,
+        GuestAddress(DESC),
+        GuestAddress(AVAIL),
+        GuestAddress(USED),
+    )
+    .unwrap();
+    let mut q = Queue::new(8);
+    q.set_desc_table(driver.desc_table()).unwrap();
+    q.set_avail_ring(driver.avail_ring()).unwrap();
+    q.set_used_ring(driver.used_ring()).unwrap();
+    q.set_indirect(indirect);
+    q.enable(&mem).unwrap();
+    q.begin_notify();
+    (mem, q, driver)
+}
+
+/// Writes raw descriptors as an indirect table at `table`.
+fn table(mem: &GuestMemory, table: u64, descs: &[(u64, u32, u16, u16)]) {
+    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+        let desc = Descriptor {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        mem.write_obj_at_addr(desc, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+}
+
+#[test]
+fn indirect_tables_work_through_the_transport_once_negotiated() {
+    let mut d = Driver::new();
+    d.up(8, VIRTIO_RING_F_INDIRECT_DESC);
+    // A request wholly in a table: one readable, two writable buffers.
+    let t = BUF + 0x1000;
+    table(
+        &d.mem,
+        t,
+        &[
+            (BUF, 16, VIRTQ_DESC_F_NEXT, 1),
+            (BUF + 16, 100, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2),
+            (BUF + 200, 3, VIRTQ_DESC_F_WRITE, 0),
+        ],
+    );
+    // The device ignores the WRITE flag of the descriptor that points at the table.
+    d.desc(0, t, 48, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE, 0);
+    d.offer(8, &[0]);
+    assert_eq!(d.used_elem(0, 8), (0, 103));
+    // Direct descriptors, then one indirect (2.7.5.3.2: the device must handle it).
+    table(&d.mem, t, &[(BUF + 300, 7, VIRTQ_DESC_F_WRITE, 0)]);
+    d.desc(1, BUF, 8, VIRTQ_DESC_F_NEXT, 2);
+    d.desc(2, t, 16, VIRTQ_DESC_F_INDIRECT, 0);
+    d.offer(8, &[1]);
+    assert_eq!(d.used_elem(1, 8), (1, 7));
+    assert_eq!(d.status() & status::DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn indirect_chains_are_refused_as_the_spec_forbids_them() {
+    let t = BUF + 0x1000;
+    // Not negotiated.
+    let (mem, mut q, mut driver) = indirect_queue(false);
+    let head = driver
+        .add_indirect_chain(
+            GuestAddress(t),
+            &[DriverBuffer::writable(GuestAddress(BUF), 8)],
+        )
+        .unwrap();
+    driver.make_available(head).unwrap();
+    let bad = q.pop(&mem).unwrap().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            bad.error,
+            QueueError::IndirectUnsupported { head: 0, index: 0 }
+        ),
+        "{}",
+        bad.error
+    );
+
+    // Negotiated, and each shape the driver must not make.
+    type Check = fn(&QueueError) -> bool;
+    let cases: [(&str, (u64, u32, u16), &[(u64, u32, u16, u16)], Check); 7] = [
+        (
+            "nested table",
+            (t, 32, VIRTQ_DESC_F_INDIRECT),
+            &[
+                (BUF, 8, VIRTQ_DESC_F_NEXT, 1),
+                (t, 16, VIRTQ_DESC_F_INDIRECT, 0),
+            ],
+            |e| matches!(e, QueueError::IndirectInIndirect { head: 0, index: 1 }),
+        ),
+        (
+            "INDIRECT with NEXT",
+            (t, 16, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT),
+            &[(BUF, 8, 0, 0)],
+            |e| matches!(e, QueueError::IndirectWithNext { head: 0, index: 0 }),
+        ),
+        ("empty table", (t, 0, VIRTQ_DESC_F_INDIRECT), &[], |e| {
+            matches!(
+                e,
+                QueueError::IndirectTableLength {
+                    len: 0,
+                    size: 8,
+                    ..
+                }
+            )
+        }),
+        (
+            "a partial descriptor",
+            (t, 17, VIRTQ_DESC_F_INDIRECT),
+            &[(BUF, 8, 0, 0)],
+            |e| matches!(e, QueueError::IndirectTableLength { len: 17, .. }),
+        ),
+        (
+            "more entries than the queue size",
+            (t, 16 * 9, VIRTQ_DESC_F_INDIRECT),
+            &[(BUF, 8, 0, 0)],
+            |e| {
+                matches!(
+                    e,
+                    QueueError::IndirectTableLength {
+                        len: 144,
+                        size: 8,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "next past the table",
+            (t, 32, VIRTQ_DESC_F_INDIRECT),
+            &[(BUF, 8, VIRTQ_DESC_F_NEXT, 2), (BUF, 8, 0, 0)],
+            |e| {
+                matches!(
+                    e,
+                    QueueError::IndirectIndex {
+                        index: 2,
+                        entries: 2,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a loop in the table",
+            (t, 32, VIRTQ_DESC_F_INDIRECT),
+            &[
+                (BUF, 8, VIRTQ_DESC_F_NEXT, 1),
+                (BUF, 8, VIRTQ_DESC_F_NEXT, 0),
+            ],
+            |e| matches!(e, QueueError::ChainTooLong { head: 0, size: 8 }),
+        ),
+    ];
+    for (what, (addr, len, flags), entries, check) in cases {
+        let (mem, mut q, mut driver) = indirect_queue(true);
+        table(&mem, t, entries);
+        driver
+            .write_descriptor(
+                0,
+                Descriptor {
+                    addr,
+                    len,
+                    flags,
+                    next: 1,
+                },
+            )
+            .unwrap();
+        driver.make_available(0).unwrap();
+        let bad = q.pop(&mem).unwrap().unwrap().unwrap_err();
+        assert!(check(&bad.error), "{what}: {}", bad.error);
+    }
+
+    // A table outside guest memory, or running past its end.
+    for addr in [0x10_0000 - 16, u64::MAX - 15] {
+        let (mem, mut q, mut driver) = indirect_queue(true);
+        driver
+            .write_descriptor(
+                0,
+                Descriptor {
+                    addr,
+                    len: 32,
+                    flags: VIRTQ_DESC_F_INDIRECT,
+                    next: 0,
+                },
+            )
+            .unwrap();
+        driver.make_available(0).unwrap();
+        let bad = q.pop(&mem).unwrap().unwrap().unwrap_err();
+        assert!(
+            matches!(bad.error, QueueError::DescriptorOutOfMemory { len: 32, .. }),
+            "table at {addr:#x}: {}",
+            bad.error
+        );
+    }
 }
 
 // -- 2.7.7 / 2.7.10: used-buffer notifications --------------------------------------------
