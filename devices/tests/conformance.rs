@@ -605,7 +605,8 @@ fn indirect_chains_are_refused_as_the_spec_forbids_them() {
 
     // Negotiated, and each shape the driver must not make.
     type Check = fn(&QueueError) -> bool;
-    let cases: [(&str, (u64, u32, u16), &[(u64, u32, u16, u16)], Check); 7] = [
+    type Raw = (u64, u32, u16, u16);
+    let cases: [(&str, (u64, u32, u16), &[Raw], Check); 7] = [
         (
             "nested table",
             (t, 32, VIRTQ_DESC_F_INDIRECT),
