@@ -606,7 +606,8 @@ fn indirect_chains_are_refused_as_the_spec_forbids_them() {
     // Negotiated, and each shape the driver must not make.
     type Check = fn(&QueueError) -> bool;
     type Raw = (u64, u32, u16, u16);
-    let cases: [(&str, (u64, u32, u16), &[Raw], Check); 7] = [
+    type Case<'a> = (&'a str, (u64, u32, u16), &'a [Raw], Check);
+    let cases: [Case; 7] = [
         (
             "nested table",
             (t, 32, VIRTQ_DESC_F_INDIRECT),
