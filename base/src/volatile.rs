@@ -173,11 +173,13 @@ impl<'a> VolatileSlice<'a> {
     }
 
     /// The first byte's address.
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.addr
     }
 
     /// The length in bytes.
+    #[inline]
     pub fn size(&self) -> usize {
         self.size
     }

@@ -76,6 +76,7 @@ impl MemoryRegion {
     }
 
     /// The guest address of the first byte.
+    #[inline]
     pub fn start(&self) -> GuestAddress {
         self.guest_base
     }
@@ -86,6 +87,7 @@ impl MemoryRegion {
     }
 
     /// The size in bytes, a whole number of pages.
+    #[inline]
     pub fn size(&self) -> usize {
         self.mapping.size()
     }
@@ -116,6 +118,7 @@ impl MemoryRegion {
     }
 
     /// The end address as a number (regions never pass the end of the address space).
+    #[inline]
     pub(crate) fn end_raw(&self) -> u64 {
         self.guest_base.0 + self.size() as u64
     }

@@ -148,6 +148,15 @@ impl RegionTable {
         if let Some(offset) = self.fast.offset_of(addr) {
             return Some((self.fast_index, &self.fast, offset));
         }
+        self.find_indexed(addr)
+    }
+
+    /// [`find`](Self::find) past the largest region: cold and out of line at the call site,
+    /// for the reasons of [`find_host_indexed`](Self::find_host_indexed), so that callers
+    /// that inline `find` inline only the one comparison.
+    #[cold]
+    #[inline]
+    fn find_indexed(&self, addr: u64) -> Option<(usize, &Entry, u64)> {
         self.find_in_buckets(addr)
     }
 

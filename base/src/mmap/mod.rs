@@ -378,11 +378,13 @@ unsafe impl Sync for MemoryMapping {}
 
 impl MemoryMapping {
     /// The mapping's length in bytes, as asked of the builder.
+    #[inline]
     pub fn size(&self) -> usize {
         self.size
     }
 
     /// The first byte's address.
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.addr
     }

@@ -16,6 +16,7 @@
 mod base_rows;
 mod harness;
 mod hypervisor_rows;
+mod rust_vmm_rows;
 mod tube_rows;
 mod vm_memory_rows;
 
@@ -44,6 +45,7 @@ pub fn bench(quick: bool, json: Option<&Path>) -> Result<bool, String> {
     let mut rows = Vec::new();
     base_rows::rows(&plan, &mut rows);
     vm_memory_rows::rows(&plan, quick, &mut rows);
+    rust_vmm_rows::rows(&plan, &mut rows);
     if let Err(e) = hypervisor_rows::rows(&plan, &mut rows) {
         println!("(skipped) {e}");
     }
