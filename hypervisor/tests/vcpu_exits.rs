@@ -178,3 +178,73 @@ fn another_thread_can_stop_a_running_vcpu() {
     drop(vcpu);
     kicker.kick();
 }
+
+#[test]
+fn no_kick_is_lost_however_it_races_the_exits() {
+    let Some(kvm) = kvm_or_skip("kick_race") else {
+        return;
+    };
+    // A guest that exits all the time (an MMIO write in a loop), so kicks land at every
+    // point of the vCPU thread's run loop, between KVM_RUN returning and the next one too.
+    // mov [0xd0000000], eax; jmp back
+    let (_vm, mut vcpu) =
+        vm_with_program(&kvm, 16 * P, &[0xa3, 0x00, 0x00, 0x00, 0xd0, 0xeb, 0xf9]);
+    let kicker = vcpu.kicker();
+    let intrs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = intrs.clone();
+    let seconds = std::env::var("KICK_RACE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let kicks = std::thread::spawn(move || {
+        let load = || seen.load(std::sync::atomic::Ordering::SeqCst);
+        let (mut kicks, mut lost) = (0u64, 0u64);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(seconds) {
+            let before = load();
+            kicker.kick();
+            kicks += 1;
+            // Each kick must make an Intr exit soon; one that does not is lost (and only
+            // another kick brings the vCPU out, which the loop below provides).
+            let waiting = Instant::now();
+            while load() == before {
+                if waiting.elapsed() > Duration::from_millis(300) {
+                    lost += 1;
+                    while load() == before {
+                        kicker.kick();
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                std::hint::spin_loop();
+            }
+            // Let the guest run a varying while, so the next kick lands at another point of
+            // its exits.
+            let pause = Instant::now();
+            while pause.elapsed() < Duration::from_micros(kicks % 40) {
+                std::hint::spin_loop();
+            }
+        }
+        (kicks, lost)
+    });
+    let mut writes = 0u64;
+    while !kicks.is_finished() {
+        match vcpu.run().unwrap() {
+            VcpuExit::Intr => {
+                intrs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            VcpuExit::Mmio {
+                address: 0xd000_0000,
+                data: Some(_),
+                ..
+            } => writes += 1,
+            other => panic!("unexpected exit {other:?}"),
+        }
+    }
+    let (kicks, lost) = kicks.join().unwrap();
+    println!("{kicks} kicks among {writes} MMIO exits, {lost} lost");
+    assert!(
+        kicks > 100 && writes > 100,
+        "{kicks} kicks, {writes} writes"
+    );
+    assert_eq!(lost, 0, "{lost} of {kicks} kicks made no Intr exit");
+}

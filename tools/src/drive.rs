@@ -51,12 +51,15 @@ pub fn run_until_halt(
     mut on_unclaimed_write: impl FnMut(u64, &[u8]) -> bool,
 ) -> Result<Stopped, String> {
     let start = Instant::now();
-    // The watchdog: kicks the vCPU when the deadline passes, unless told to stop first.
+    // The watchdog: once the deadline passes, kicks the vCPU every 50 ms until told to stop.
+    // One kick would do, but a loop that does not rely on it cannot hang if one is lost.
     let (cancel, cancelled) = mpsc::channel::<()>();
     let kicker = vcpu.kicker();
     let watchdog = std::thread::spawn(move || {
-        if cancelled.recv_timeout(deadline) == Err(mpsc::RecvTimeoutError::Timeout) {
+        let mut wait = deadline;
+        while cancelled.recv_timeout(wait) == Err(mpsc::RecvTimeoutError::Timeout) {
             kicker.kick();
+            wait = Duration::from_millis(50);
         }
     });
     let result = drive(
@@ -83,18 +86,20 @@ fn drive(
     let mut exits = 0;
     let mut took = None;
     loop {
+        // Checked after every exit, not only after a kick: a guest that keeps exiting is
+        // stopped at the deadline too.
+        if start.elapsed() >= deadline {
+            let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+            return Err(format!(
+                "the guest did not finish within {deadline:?}: stopped it at rip {rip:#x} after {exits} exits"
+            ));
+        }
         let exit = vcpu.run().map_err(|e| e.to_string())?;
         exits += 1;
         match exit {
             VcpuExit::Hlt => return Ok(Stopped::Halted { exits, timed: took }),
-            VcpuExit::Intr => {
-                if start.elapsed() >= deadline {
-                    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
-                    return Err(format!(
-                        "the guest did not finish within {deadline:?}: stopped it at rip {rip:#x} after {exits} exits"
-                    ));
-                }
-            }
+            // A kick: the deadline check above decides.
+            VcpuExit::Intr => {}
             VcpuExit::Mmio {
                 address,
                 size,
@@ -193,6 +198,36 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("did not finish within 200ms"), "{err}");
         assert!(err.contains("rip 0x1000"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_guest_that_keeps_exiting_is_stopped_at_the_deadline_too() {
+        // mov [0xd0000000], eax; jmp back: an exit per turn, each write "expected".
+        let Some((_vm, mut vcpu)) = vcpu_running(&[0xa3, 0x00, 0x00, 0x00, 0xd0, 0xeb, 0xf9])
+        else {
+            return;
+        };
+        let start = Instant::now();
+        let mut writes = 0u64;
+        let err = run_until_halt(
+            &mut vcpu,
+            &MmioBus::new(),
+            Duration::from_millis(200),
+            None,
+            |_, _| Ok(false),
+            |address, _| {
+                writes += 1;
+                address == 0xd000_0000
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("did not finish within 200ms"), "{err}");
+        assert!(writes > 0);
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "{:?}",

@@ -4,7 +4,7 @@
 //! Stopping a running vCPU from another thread: `immediate_exit` in the shared run structure,
 //! for a vCPU about to enter the guest, and a signal, for one already in it.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{fence, AtomicI32, Ordering};
 use std::sync::{Arc, Once};
 
 use base::MemoryMapping;
@@ -24,6 +24,10 @@ impl VcpuKicker {
     /// at once. Each kick causes at least one exit.
     pub fn kick(&self) {
         set_immediate_exit(&self.run, 1);
+        // The store must be visible before the thread id is read (x86 may otherwise let the
+        // load pass the store): the vCPU thread publishes its id with a full barrier before
+        // KVM_RUN reads `immediate_exit`, so one of the two sides sees the other.
+        fence(Ordering::SeqCst);
         let tid = self.running_tid.load(Ordering::SeqCst);
         if tid != 0 {
             // SAFETY: tgkill sends a signal and touches no memory. The signal's handler does
@@ -80,7 +84,8 @@ fn set_immediate_exit(run: &MemoryMapping, value: u8) {
     unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(value) };
 }
 
-/// Ends the effect of a kick once `KVM_RUN` has returned.
+/// Ends the effect of a kick once `KVM_RUN` returned for it (with EINTR). After any other
+/// exit it must stay set: a kick that landed between that exit and this point would be lost.
 pub(super) fn clear_immediate_exit(run: &MemoryMapping) {
     set_immediate_exit(run, 0);
 }

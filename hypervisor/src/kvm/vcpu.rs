@@ -319,14 +319,18 @@ impl Vcpu for KvmVcpu {
         let ret = unsafe { ioctl(&self.fd, KVM_RUN()) };
         self.running_tid
             .store(0, std::sync::atomic::Ordering::SeqCst);
-        // A kick asks for one exit; the next run goes on.
-        kick::clear_immediate_exit(&self.run);
         if ret < 0 {
             let err = std::io::Error::last_os_error();
             // SAFETY: reading the exit reason of our own mapped run structure.
             let reason = unsafe { addr_of!((*self.run_ptr()).exit_reason).read() };
             return match err.raw_os_error() {
-                Some(libc::EINTR) | Some(libc::EAGAIN) => Ok(VcpuExit::Intr),
+                Some(libc::EINTR) => {
+                    // This is the exit a kick asked for: the next run goes on. (A kick after
+                    // any other exit stays pending, and the next run returns at once.)
+                    kick::clear_immediate_exit(&self.run);
+                    Ok(VcpuExit::Intr)
+                }
+                Some(libc::EAGAIN) => Ok(VcpuExit::Intr),
                 Some(libc::EFAULT) | Some(libc::EHWPOISON) if reason == KVM_EXIT_MEMORY_FAULT => {
                     Ok(self.memory_fault())
                 }
