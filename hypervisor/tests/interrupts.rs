@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::*;
@@ -284,4 +285,44 @@ fn interrupt_calls_are_refused_with_their_reasons() {
     // And it can be registered again, on any routed GSI.
     vm.register_irqfd(IRQCHIP_GSIS - 1, &evt, None).unwrap();
     vm.unregister_irqfd(IRQCHIP_GSIS - 1, &evt).unwrap();
+}
+
+#[test]
+fn a_reused_descriptor_number_does_not_name_the_registered_eventfd() {
+    let Some(kvm) = kvm_or_skip("irqfd_number_reuse") else {
+        return;
+    };
+    let vm = KvmVm::new(
+        &kvm,
+        GuestMemory::new(&[(GuestAddress(0), 16 * P)]).unwrap(),
+    )
+    .unwrap();
+    vm.create_irq_chip().unwrap();
+    // A device registers an eventfd and keeps a clone (another number) for itself; the
+    // number it registered is closed, and the next eventfd made gets that number.
+    let first = EventFd::new(EFD_NONBLOCK).unwrap();
+    let kept = first.try_clone().unwrap();
+    vm.register_irqfd(16, &first, None).unwrap();
+    let number = first.as_raw_fd();
+    drop(first);
+    // (Other tests open descriptors too: make eventfds until one gets the number.)
+    let mut made = Vec::new();
+    let stranger = loop {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        if evt.as_raw_fd() == number {
+            break evt;
+        }
+        assert!(made.len() < 4096, "descriptor {number} was never reused");
+        made.push(evt);
+    };
+    // The stranger is not what was registered, whatever its number.
+    let err = vm.unregister_irqfd(16, &stranger).unwrap_err();
+    assert!(matches!(err, Error::IrqfdUnknown { gsi: 16 }), "{err}");
+    vm.register_irqfd(17, &stranger, None).unwrap();
+    vm.unregister_irqfd(17, &stranger).unwrap();
+    // The registered eventfd, through the clone, unregisters, and KVM let go of it: it can
+    // be registered again.
+    vm.unregister_irqfd(16, &kept).unwrap();
+    vm.register_irqfd(16, &kept, None).unwrap();
+    vm.unregister_irqfd(16, &kept).unwrap();
 }

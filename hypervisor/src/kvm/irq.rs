@@ -31,9 +31,9 @@ pub(super) struct IrqState {
     irqfds: Vec<(u32, EventFd, RawFd)>,
 }
 
-/// Whether descriptors `a` and `b` of this process name the same open file. `kcmp(2)` says
-/// so exactly; where a sandbox forbids it, equal numbers are the best answer left.
-fn same_file(a: RawFd, b: RawFd) -> bool {
+/// Whether descriptors `a` and `b` of this process name the same open file, as `kcmp(2)`
+/// says; `None` where it cannot say (a sandbox forbids it).
+fn kcmp_same_file(a: RawFd, b: RawFd) -> Option<bool> {
     const KCMP_FILE: libc::c_long = 0;
     // SAFETY: kcmp compares two of our own descriptors and touches no memory.
     let ret = unsafe {
@@ -47,10 +47,17 @@ fn same_file(a: RawFd, b: RawFd) -> bool {
         )
     };
     match ret {
-        0 => true,
-        1..=2 => false,
-        _ => a == b,
+        0 => Some(true),
+        1..=2 => Some(false),
+        _ => None,
     }
+}
+
+/// Whether the registered `known` (our duplicate, registered as descriptor `number`) is the
+/// caller's `evt`. By file whenever kcmp can tell: a number alone may since have been closed
+/// and reused for another eventfd. Equal numbers only where kcmp is forbidden.
+fn is_registered(known: &EventFd, number: RawFd, evt: &EventFd) -> bool {
+    kcmp_same_file(known.as_raw_fd(), evt.as_raw_fd()).unwrap_or(number == evt.as_raw_fd())
 }
 
 impl KvmVm {
@@ -98,7 +105,7 @@ impl KvmVm {
         if irq
             .irqfds
             .iter()
-            .any(|(_, known, _)| same_file(known.as_raw_fd(), evt.as_raw_fd()))
+            .any(|(_, known, number)| is_registered(known, *number, evt))
         {
             return Err(Error::IrqfdInUse { gsi });
         }
@@ -135,13 +142,12 @@ impl KvmVm {
         let index = irq
             .irqfds
             .iter()
-            .position(|(g, known, number)| {
-                *g == gsi
-                    && (same_file(known.as_raw_fd(), evt.as_raw_fd()) || *number == evt.as_raw_fd())
-            })
+            .position(|(g, known, number)| *g == gsi && is_registered(known, *number, evt))
             .ok_or(Error::IrqfdUnknown { gsi })?;
+        // Our duplicate names the registered eventfd for sure; the caller's number is only
+        // known to where kcmp could not check it.
         let request = kvm_irqfd {
-            fd: evt.as_raw_fd() as u32,
+            fd: irq.irqfds[index].1.as_raw_fd() as u32,
             gsi,
             flags: KVM_IRQFD_FLAG_DEASSIGN,
             ..Default::default()
