@@ -7,9 +7,10 @@
 //! notifies, and notifies. The device side pops chains and uses them as a device would.
 //! Promises checked: nothing panics; configuration never changes while the queue is ready;
 //! a ready queue's rings are in guest memory, so using a buffer never fails; every buffer
-//! handed out is guest memory and readable ones come before writable ones; one notify walks
-//! at most the queue size of ring descriptors, and with indirect tables each chain holds at
-//! most the queue size of buffers.
+//! handed out is guest memory and readable ones come before writable ones; however the
+//! driver writes the rings during a notify, one notify takes at most the queue size of
+//! chains, bad ones included, starts them only below the queue size of ring descriptors, and
+//! each chain holds at most the queue size of buffers.
 
 use devices::virtio::queue::{Error, Queue};
 use vm_memory::{GuestAddress, GuestMemory};
@@ -42,8 +43,9 @@ fn size(input: &mut Input) -> u16 {
     }
 }
 
-/// The device's side of one notify; returns how many buffers it was handed.
-fn notify(queue: &mut Queue, mem: &GuestMemory, indirect: bool) -> usize {
+/// The device's side of one notify, while the driver (another vCPU) may write the rings
+/// between chains; returns how many buffers the device was handed.
+fn notify(queue: &mut Queue, mem: &GuestMemory, indirect: bool, input: &mut Input) -> usize {
     queue.begin_notify();
     let mut descriptors = 0;
     let mut pops = 0;
@@ -52,13 +54,36 @@ fn notify(queue: &mut Queue, mem: &GuestMemory, indirect: bool) -> usize {
             Ok(None) => break,
             Ok(Some(chain)) => chain,
             // A queue-wide fault: the device stops (and would need a reset).
-            Err(e) => {
-                if let Error::NotifyTooLong { walked, size } = e {
-                    assert!(walked > usize::from(size));
-                }
-                break;
-            }
+            Err(_) => break,
         };
+        // Mid-notify, the driver (another vCPU) writes its rings: the available index
+        // moved on, a head in the ring, a descriptor.
+        let n = u64::from(queue.size());
+        match input.u8() % 8 {
+            0..=3 => {
+                // One more chain offered: a head (often one the device cannot use) in the
+                // next slot, then the index.
+                let avail_idx = queue.avail_ring().unchecked_add(2);
+                let idx: u16 = mem.read_obj_from_addr(avail_idx).unwrap_or(0);
+                let slot = u64::from(idx) % n;
+                let at = queue.avail_ring().unchecked_add(4 + 2 * slot);
+                let _ = mem.write_obj_at_addr(input.u16(), at);
+                let _ = mem.write_obj_at_addr(idx.wrapping_add(1), avail_idx);
+            }
+            4 => {
+                let slot = u64::from(input.u16()) % n;
+                let at = queue.avail_ring().unchecked_add(4 + 2 * slot);
+                let _ = mem.write_obj_at_addr(input.u16(), at);
+            }
+            5 => {
+                let at = queue
+                    .desc_table()
+                    .unchecked_add(16 * (u64::from(input.u16()) % n));
+                let bytes = input.bytes(16).to_vec();
+                let _ = mem.write_all_at_addr(&bytes, at);
+            }
+            _ => {}
+        }
         pops += 1;
         assert!(
             pops <= usize::from(queue.size()),
@@ -101,10 +126,10 @@ fn notify(queue: &mut Queue, mem: &GuestMemory, indirect: bool) -> usize {
             .needs_notification(mem)
             .expect("the rings of a ready queue are guest memory");
     }
-    // Without indirect tables every buffer is a ring descriptor, and a notify walks at most
-    // the queue size of those.
+    // Without indirect tables every buffer is a ring descriptor: a notify starts chains only
+    // below the queue size of those, and a chain holds at most the size.
     assert!(
-        indirect || descriptors <= usize::from(queue.size()),
+        indirect || descriptors < 2 * usize::from(queue.size()),
         "one notify walked too far"
     );
     descriptors
@@ -174,7 +199,7 @@ pub fn run(data: &[u8]) {
             }
             _ => {
                 if queue.ready() {
-                    notify(&mut queue, &mem, indirect);
+                    notify(&mut queue, &mem, indirect, &mut input);
                 } else {
                     assert!(matches!(queue.pop(&mem), Err(Error::NotReady)));
                     assert!(matches!(queue.add_used(&mem, 0, 0), Err(Error::NotReady)));

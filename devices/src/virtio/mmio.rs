@@ -389,8 +389,23 @@ impl MmioTransport {
     }
 }
 
+impl MmioTransport {
+    /// Goes on with queues whose last notify stopped at its budget with chains left (see
+    /// [`Queue::budget_spent`]): the driver may not notify again for chains it already
+    /// offered, but it touches the device (at the latest to read the interrupt status of
+    /// the used buffers that notify returned), and each access does another bounded share.
+    fn resume_spent_queues(&mut self) {
+        for index in 0..self.queues.len() {
+            if self.queues[index].ready() && self.queues[index].budget_spent() {
+                self.notify(index);
+            }
+        }
+    }
+}
+
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.resume_spent_queues();
         if offset >= reg::CONFIG {
             self.device.read_config(offset - reg::CONFIG, data);
             return;
@@ -404,6 +419,7 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        self.resume_spent_queues();
         if offset >= reg::CONFIG {
             // Our devices' config spaces are read-only.
             return;

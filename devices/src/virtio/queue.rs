@@ -124,15 +124,6 @@ pub enum Error {
     /// Reading or writing a ring failed.
     #[error("ring access: {0}")]
     Memory(#[from] vm_memory::Error),
-    /// The notify asked for more descriptors than a queue of this size can hold: the rings
-    /// are corrupt (a well-formed driver never has more descriptors in flight than the size).
-    #[error("one notify walked {walked} descriptors, more than the queue size {size}")]
-    NotifyTooLong {
-        /// Descriptors walked.
-        walked: usize,
-        /// The queue size.
-        size: u16,
-    },
     /// The queue was used before it was made ready.
     #[error("the queue is not ready")]
     NotReady,
@@ -247,6 +238,8 @@ pub struct Queue {
     signalled_used: Option<u16>,
     /// Descriptors walked since the last notify began.
     walked: usize,
+    /// The last `pop` stopped for the notify's budget with chains still available.
+    budget_spent: bool,
 }
 
 impl Queue {
@@ -265,6 +258,7 @@ impl Queue {
             indirect: false,
             signalled_used: None,
             walked: 0,
+            budget_spent: false,
         }
     }
 
@@ -395,17 +389,28 @@ impl Queue {
     /// Starts the work of one notify: the descriptors it may walk are counted from here.
     pub fn begin_notify(&mut self) {
         self.walked = 0;
+        self.budget_spent = false;
+    }
+
+    /// Whether the last [`pop`](Self::pop) answered `None` because this notify's budget was
+    /// spent while chains were still available: the transport should come back to them
+    /// (with a fresh [`begin_notify`](Self::begin_notify)) soon, without waiting for a notify
+    /// the driver may never send.
+    pub fn budget_spent(&self) -> bool {
+        self.budget_spent
     }
 
     /// Takes the next available chain, if any. `Ok(Err(bad))` is a chain that cannot be used:
     /// it is consumed, and the device should return `bad.head` used with length 0. `Err` is a
     /// queue-wide fault (the driver broke the ring); the device should stop using the queue.
     ///
-    /// One notify walks at most `size` descriptors of the ring's table in all (a driver never
-    /// has more in flight): past that, [`Error::NotifyTooLong`]. A chain holds at most `size`
-    /// buffers, counting those of an indirect table. So the work a notify costs is bounded by
-    /// the validated queue size (`size` ring descriptors, and `size` buffers for each of at
-    /// most `size` chains), whatever the rings hold.
+    /// One notify starts chains only while it has walked fewer than `size` descriptors of
+    /// the ring's table; then `pop` answers `None` and [`budget_spent`](Self::budget_spent)
+    /// says so, and the rest waits for the next notify or for the transport to come back. A
+    /// chain holds at most `size` buffers, counting those of an indirect table. So the work
+    /// one notify costs is bounded by the validated queue size (fewer than `2 * size` ring
+    /// descriptors, and `size` buffers for each chain), however fast a driver offers more,
+    /// and a well-formed driver that refills the ring during a notify is never cut off.
     pub fn pop(
         &mut self,
         mem: &GuestMemory,
@@ -426,6 +431,10 @@ impl Queue {
                 size: self.size,
             });
         }
+        if self.walked >= usize::from(self.size) {
+            self.budget_spent = true;
+            return Ok(None);
+        }
         // The ring entries were written before the index: read them after it.
         fence(Ordering::Acquire);
         let slot = u64::from(self.next_avail % self.size);
@@ -438,12 +447,6 @@ impl Queue {
             mem.write_obj_at_addr_volatile(self.next_avail, at)?;
         }
         let chain = self.walk(mem, head);
-        if self.walked > usize::from(self.size) {
-            return Err(Error::NotifyTooLong {
-                walked: self.walked,
-                size: self.size,
-            });
-        }
         Ok(Some(chain.map_err(|error| BadChain { head, error })))
     }
 
