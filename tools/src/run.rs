@@ -163,11 +163,20 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
     let file_len = file.metadata().map_err(|e| e.to_string())?.len();
     // The window is the file rounded up to 2 MiB; it must end below the MMIO devices.
     let window = file_len.div_ceil(2 << 20) * (2 << 20);
-    if file_len == 0 || window > PMEM_WINDOW {
+    // At least a page: the guest writes its record in the file's first page, and a shorter
+    // file would take it only partly, the rest landing past the file's end.
+    if file_len < P || window > PMEM_WINDOW {
         return Err(format!(
-            "the pmem file {} holds {file_len:#x} bytes; it must hold between 1 and {PMEM_WINDOW:#x} bytes, so that its window at {PMEM:#x} ends before the devices at {MMIO:#x}",
+            "the pmem file {} holds {file_len:#x} bytes; it must hold between {P:#x} (a page, where the guest writes its record) and {PMEM_WINDOW:#x} bytes, so that its window at {PMEM:#x} ends before the devices at {MMIO:#x}",
             path.display()
         ));
+    }
+    if pmem_path.is_some() {
+        println!(
+            "  (the guest writes its {}-byte record over the start of {})",
+            RECORD.len() * 4,
+            path.display()
+        );
     }
 
     let mem = r.step("guest RAM: 1 MiB at 0, a hole, 2 MiB at 2 MiB", || {
@@ -385,12 +394,12 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
             *before > 0 && *after == 0,
             format!("{before} dirty after the write, {after} after the FLUSH"),
         ),
-        (Some(Err(why)), _) | (_, Some(Err(why))) => {
-            println!(
-                "  {:<72} {:>6}   {why}",
-                "the FLUSH made the record durable", "SKIP"
-            )
-        }
+        // Without the count nothing proves the FLUSH did anything: not a pass.
+        (Some(Err(why)), _) | (_, Some(Err(why))) => r.check(
+            "the FLUSH made the record durable (not proven: put the file on a disk)",
+            false,
+            why.clone(),
+        ),
         _ => r.check(
             "the FLUSH made the record durable (dirty pages, by cachestat)",
             false,
@@ -466,4 +475,78 @@ pub fn pmem_arg(s: &str) -> Result<PathBuf, String> {
         return Err("an empty path".into());
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether KVM can be used; says why not, or fails where it is required.
+    fn kvm_or_skip(test: &str) -> bool {
+        match Kvm::new() {
+            Ok(_) => true,
+            Err(e) => {
+                if std::env::var_os("VMM_REQUIRE_KVM").is_some_and(|v| v == "1") {
+                    panic!("KVM is required here but unusable: {e}");
+                }
+                println!("KVM-SKIP {test}: {e}");
+                false
+            }
+        }
+    }
+
+    fn file_of(dir: &Path, len: u64) -> vmm_sys_util::tempfile::TempFile {
+        let temp = vmm_sys_util::tempfile::TempFile::new_in(dir).unwrap();
+        temp.as_file().set_len(len).unwrap();
+        temp
+    }
+
+    #[test]
+    fn pmem_files_that_cannot_work_are_refused_before_the_guest_runs() {
+        if !kvm_or_skip("pmem_refusals") {
+            return;
+        }
+        let dir = scratch_dir();
+        // Empty, shorter than a page (the record would land partly past the end), and
+        // larger than the window below the devices (a sparse file costs nothing).
+        for len in [0, 1, 31, P - 1, PMEM_WINDOW + 1, 3 << 30] {
+            let temp = file_of(&dir, len);
+            let before = std::fs::read(temp.as_path()).unwrap_or_default();
+            let err = run(Some(temp.as_path())).unwrap_err();
+            assert!(
+                err.contains(&format!("holds {len:#x} bytes"))
+                    && err.contains("must hold between 0x1000"),
+                "{len:#x}: {err}"
+            );
+            if len < P {
+                assert_eq!(std::fs::read(temp.as_path()).unwrap(), before, "{len:#x}");
+            }
+        }
+        let err = run(Some(&dir.join("no-such-pmem-file"))).unwrap_err();
+        assert!(err.contains("open the backing file"), "{err}");
+    }
+
+    #[test]
+    fn a_durability_that_cannot_be_counted_is_not_a_pass() {
+        if !kvm_or_skip("pmem_on_tmpfs") {
+            return;
+        }
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            println!("SKIP pmem_on_tmpfs: no /dev/shm here");
+            return;
+        }
+        // tmpfs keeps pages dirty and has no writeback: cachestat cannot prove the FLUSH.
+        let temp = file_of(shm, 2 * P);
+        assert_eq!(run(Some(temp.as_path())), Ok(false));
+        // A page-sized file on a disk works, and its first bytes now hold the record.
+        let temp = file_of(&scratch_dir(), P);
+        assert_eq!(run(Some(temp.as_path())), Ok(true));
+        let mut head = [0u8; 4];
+        File::open(temp.as_path())
+            .unwrap()
+            .read_exact_at(&mut head, 0)
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(head), RECORD[0]);
+    }
 }
