@@ -6,7 +6,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base::{AsRawDescriptor, MemoryMappingBuilder, RawDescriptor, Tube};
 use devices::bus::{BusDevice, MmioBus};
@@ -78,9 +78,8 @@ impl Rig {
         let server = std::thread::spawn(move || server.run(&thread_exit).unwrap());
         let pmem = Pmem::new(VmMemoryClient::new(client), file, PMEM_GPA).unwrap();
         let mut bus = MmioBus::new();
-        let transport = MmioTransport::new(Box::new(pmem), mem.clone());
-        bus.insert(Arc::new(Mutex::new(transport)), MMIO_BASE, MMIO_SIZE)
-            .unwrap();
+        let transport = MmioTransport::new(Box::new(pmem), mem.clone()).shared();
+        bus.insert(transport, MMIO_BASE, MMIO_SIZE).unwrap();
         Rig {
             mem,
             bus,
@@ -170,12 +169,20 @@ impl Rig {
             .write_obj_at_addr(idx.wrapping_add(1), GuestAddress(AVAIL + 2))
             .unwrap();
         self.write32(0x050, 0);
-        let used_idx: u16 = self.mem.read_obj_from_addr(GuestAddress(USED + 2)).unwrap();
-        assert_eq!(
-            used_idx,
-            idx.wrapping_add(1),
-            "every offered chain is returned"
-        );
+        // A FLUSH is answered by the device's thread; anything else before the notify
+        // returns.
+        let waiting = std::time::Instant::now();
+        loop {
+            let used_idx: u16 = self.mem.read_obj_from_addr(GuestAddress(USED + 2)).unwrap();
+            if used_idx == idx.wrapping_add(1) {
+                break;
+            }
+            assert!(
+                waiting.elapsed() < std::time::Duration::from_secs(10),
+                "chain {head} was never returned"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let elem = GuestAddress(USED + 4 + 8 * u64::from(idx % QSIZE));
         (
             self.mem.read_obj_from_addr(elem).unwrap(),
@@ -183,14 +190,37 @@ impl Rig {
         )
     }
 
-    /// A well-formed FLUSH at head 0; returns the device's response code.
-    fn flush(&self) -> u32 {
+    /// Lays out a well-formed FLUSH at head 0 (its response reads 0xff until answered).
+    fn flush_chain(&self) {
         self.mem.write_obj_at_addr(0u32, GuestAddress(REQ)).unwrap();
         self.mem
             .write_obj_at_addr(0xffu32, GuestAddress(RESP))
             .unwrap();
         self.desc(0, REQ, 4, VIRTQ_DESC_F_NEXT, 1);
         self.desc(1, RESP, 4, VIRTQ_DESC_F_WRITE, 0);
+    }
+
+    /// Offers chain `head` and notifies, without waiting for the answer; returns the
+    /// available index it took.
+    fn notify(&self, head: u16) -> u16 {
+        let idx = self.avail_idx();
+        self.mem
+            .write_obj_at_addr(head, GuestAddress(AVAIL + 4 + 2 * u64::from(idx % QSIZE)))
+            .unwrap();
+        self.mem
+            .write_obj_at_addr(idx.wrapping_add(1), GuestAddress(AVAIL + 2))
+            .unwrap();
+        self.write32(0x050, 0);
+        idx
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj_from_addr(GuestAddress(USED + 2)).unwrap()
+    }
+
+    /// A well-formed FLUSH at head 0; returns the device's response code.
+    fn flush(&self) -> u32 {
+        self.flush_chain();
         assert_eq!(self.offer(0), (0, 4));
         assert_eq!(self.read32(0x060) & 1, 1, "interrupt raised");
         self.write32(0x064, 1);
@@ -279,10 +309,12 @@ fn flush_reaches_the_file_and_config_reports_the_window() {
 }
 
 /// A KVM VM whose msync fails with EIO when `fail` is set, as on a disk that reports a write
-/// error: the device must answer its FLUSH with EIO.
+/// error (the device must answer its FLUSH with EIO), and takes `delay_ms` first, as on a
+/// slow disk or a stuck network filesystem.
 struct FailingMsync {
     inner: KvmVm,
     fail: std::sync::atomic::AtomicBool,
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Vm for FailingMsync {
@@ -309,6 +341,8 @@ impl Vm for FailingMsync {
         offset: usize,
         size: usize,
     ) -> hypervisor::Result<()> {
+        let delay = self.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(hypervisor::Error::Region {
                 slot,
@@ -388,6 +422,7 @@ fn a_flush_whose_msync_fails_answers_eio() {
     let vm = Arc::new(FailingMsync {
         inner: KvmVm::new(&kvm, mem.clone()).unwrap(),
         fail: std::sync::atomic::AtomicBool::new(false),
+        delay_ms: std::sync::atomic::AtomicU64::new(0),
     });
     let rig = Rig::on(vm.clone(), mem, &file);
     rig.handshake();
@@ -397,6 +432,81 @@ fn a_flush_whose_msync_fails_answers_eio() {
     assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_EIO);
     // And once the disk recovers, flushes succeed again.
     vm.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
+}
+
+#[test]
+fn a_slow_flush_holds_neither_the_vcpu_nor_the_device() {
+    let Some(kvm) = kvm_or_skip("pmem_slow_flush") else {
+        return;
+    };
+    let file = backing_file(2 << 20);
+    let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let vm = Arc::new(FailingMsync {
+        inner: KvmVm::new(&kvm, mem.clone()).unwrap(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+        delay_ms: std::sync::atomic::AtomicU64::new(0),
+    });
+    let rig = Rig::on(vm.clone(), mem, &file);
+    rig.handshake();
+    // The disk takes 1.5 s to answer an msync.
+    vm.delay_ms.store(1500, std::sync::atomic::Ordering::SeqCst);
+    rig.flush_chain();
+    let start = std::time::Instant::now();
+    let idx = rig.notify(0);
+    let notified = start.elapsed();
+    // Another vCPU reads the interrupt status meanwhile.
+    let before = std::time::Instant::now();
+    assert_eq!(rig.read32(0x060) & 1, 0, "nothing was used yet");
+    let read = before.elapsed();
+    assert!(
+        notified < std::time::Duration::from_millis(500)
+            && read < std::time::Duration::from_millis(500),
+        "the notify took {notified:?} and a register read {read:?} while the flush waited"
+    );
+    assert_eq!(rig.used_idx(), idx, "not answered before the msync was");
+    // The answer comes when the msync does, with the interrupt.
+    while rig.used_idx() == idx {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(start.elapsed() >= std::time::Duration::from_millis(1400));
+    assert_eq!(
+        rig.mem
+            .read_obj_from_addr::<u32>(GuestAddress(RESP))
+            .unwrap(),
+        VIRTIO_PMEM_RESP_TYPE_OK
+    );
+    assert_eq!(rig.read32(0x060) & 1, 1, "the interrupt was raised");
+    rig.write32(0x064, 1);
+
+    // A reset while a flush is in flight, and the driver sets the device up again at once:
+    // the answer that comes afterwards belongs to the old device, and is dropped rather than
+    // written into rings and buffers the driver has taken back.
+    rig.flush_chain();
+    rig.notify(0);
+    rig.write32(0x070, 0);
+    rig.mem
+        .write_obj_at_addr(0u16, GuestAddress(AVAIL + 2))
+        .unwrap();
+    rig.mem
+        .write_obj_at_addr(0u16, GuestAddress(USED + 2))
+        .unwrap();
+    rig.handshake();
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    assert_eq!(rig.used_idx(), 0, "the old chain was used after the reset");
+    assert_eq!(
+        rig.mem
+            .read_obj_from_addr::<u32>(GuestAddress(RESP))
+            .unwrap(),
+        0xff
+    );
+    assert_eq!(rig.read32(0x060), 0);
+    // The new device works.
+    vm.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
 }
 

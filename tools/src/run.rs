@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base::{AsRawDescriptor, MemoryMappingBuilder, Protection, RawDescriptor, SharedMemory, Tube};
@@ -96,7 +96,12 @@ struct Observed {
     dirty_before: Option<Result<u64, String>>,
     dirty_after: Option<Result<u64, String>>,
     /// How long the notify that carries the FLUSH took: device, vm_control, msync, used ring.
+    /// How long the vCPU spent in the notify's MMIO write.
     flush_time: Option<Duration>,
+    /// When the guest said it wrote the record (just before it notifies).
+    written_at: Option<Instant>,
+    /// From then to the guest's report of the FLUSH's response, after its interrupt.
+    flush_seen: Option<Duration>,
 }
 
 /// `Some(v)` as the value, `None` as "nothing".
@@ -258,9 +263,12 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
             // KVM turns each write to the eventfd into an edge on the GSI.
             vm.register_irqfd(PMEM_GSI, &irq, None)
                 .map_err(|e| e.to_string())?;
-            let transport =
-                MmioTransport::new(Box::new(pmem), mem.clone()).with_interrupt(Interrupt::new(irq));
-            bus.insert(Arc::new(Mutex::new(transport)), MMIO, MMIO_SIZE)
+            // Shared, so the device answers its FLUSH on its own thread: the vCPU goes back
+            // to the guest, which waits for the interrupt.
+            let transport = MmioTransport::new(Box::new(pmem), mem.clone())
+                .with_interrupt(Interrupt::new(irq))
+                .shared();
+            bus.insert(transport, MMIO, MMIO_SIZE)
                 .map_err(|e| e.to_string())?;
             // The bus owns this window: no slot may ever cover it, by any path.
             let page = base::pagesize() as u64;
@@ -321,9 +329,13 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
                     match port {
                         PORT_STATUS => seen.status = Some(value),
                         PORT_WINDOW => seen.window = Some(value),
-                        PORT_WRITTEN => seen.dirty_before = Some(dirty_pages(&file)),
+                        PORT_WRITTEN => {
+                            seen.dirty_before = Some(dirty_pages(&file));
+                            seen.written_at = Some(Instant::now());
+                        }
                         PORT_INTERRUPT => seen.interrupts.push(value),
                         PORT_FLUSH => {
+                            seen.flush_seen = seen.written_at.map(|t| t.elapsed());
                             seen.flush = Some(value);
                             seen.dirty_after = Some(dirty_pages(&file));
                         }
@@ -351,13 +363,19 @@ pub fn run(pmem_path: Option<&Path>) -> Result<bool, String> {
     let (Stopped::Halted { exits, timed } | Stopped::Done { exits, timed, .. }) = stopped;
     seen.flush_time = timed;
     println!("    {exits} exits");
-    if let Some(t) = seen.flush_time {
-        println!(
-            "  {:<72} {:>6} {:>10.1} us",
-            "  of which the FLUSH: notify -> vm_control -> msync -> used",
-            "",
-            t.as_secs_f64() * 1e6
-        );
+    for (what, t) in [
+        (
+            "  the FLUSH as the guest saw it: notify -> msync -> used -> interrupt",
+            seen.flush_seen,
+        ),
+        (
+            "  of which the vCPU spent in the notify (the msync is on the device's thread)",
+            seen.flush_time,
+        ),
+    ] {
+        if let Some(t) = t {
+            println!("  {what:<72} {:>6} {:>10.1} us", "", t.as_secs_f64() * 1e6);
+        }
     }
 
     println!("checks:");

@@ -9,6 +9,13 @@
 //! change only while the queue is not ready, and a queue is ready only once its size and
 //! rings pass their checks. A driver that breaks a ring gets `DEVICE_NEEDS_RESET` and a
 //! configuration-change interrupt, and the device stops using its queues until a reset.
+//!
+//! A device may finish a chain after `process_queue` returned, on a thread of its own (a
+//! flush that waits on a slow disk must not hold the vCPU that notified, nor the transport's
+//! lock that every other vCPU needs): [`MmioTransport::shared`] hands it a [`Completer`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use vm_memory::{GuestAddress, GuestMemory};
 
@@ -108,6 +115,51 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Called once by [`MmioTransport::shared`]: a device that finishes chains on another
+    /// thread keeps `completer` and answers through it. Devices that answer every chain in
+    /// `process_queue` ignore it (the default).
+    fn set_completer(&mut self, completer: Completer) {
+        let _ = completer;
+    }
+}
+
+/// Finishes chains a device took in `process_queue`, later and from any thread: the chain
+/// goes to the used ring and the driver is interrupted as for any used buffer. It holds the
+/// transport weakly, so a device keeping it does not keep its transport alive.
+#[derive(Clone, Debug)]
+pub struct Completer {
+    transport: Weak<Mutex<MmioTransport>>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl Completer {
+    /// The transport's epoch, which every device reset moves on: record it with a chain taken
+    /// in `process_queue` and pass it back to [`complete`](Self::complete).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Finishes chain `head` of queue `queue`, taken in `epoch`. Under the transport's lock,
+    /// `finish` writes the response into guest memory and returns the bytes written; then the
+    /// chain is used. Nothing is done, and `false` returned, if the device was reset since
+    /// (the chain is no longer the driver's to be answered), it needs a reset, the queue is
+    /// not ready, or the transport is gone.
+    pub fn complete(
+        &self,
+        queue: usize,
+        head: u16,
+        epoch: u64,
+        finish: impl FnOnce(&GuestMemory) -> u32,
+    ) -> bool {
+        let Some(transport) = self.transport.upgrade() else {
+            return false;
+        };
+        // A poisoned lock means a thread panicked inside the transport: leave it alone.
+        let Ok(mut transport) = transport.lock() else {
+            return false;
+        };
+        transport.complete(queue, head, epoch, finish)
+    }
 }
 
 /// A virtio device on the MMIO bus.
@@ -122,6 +174,8 @@ pub struct MmioTransport {
     queues: Vec<Queue>,
     interrupt_status: u32,
     interrupt: Option<Interrupt>,
+    /// Moved on by every reset: chains a [`Completer`] finishes must come from this epoch.
+    epoch: Arc<AtomicU64>,
 }
 
 impl MmioTransport {
@@ -143,6 +197,64 @@ impl MmioTransport {
             queues,
             interrupt_status: 0,
             interrupt: None,
+            epoch: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The transport behind a lock, as the bus holds it, with a [`Completer`] handed to the
+    /// device so that it may finish chains from other threads.
+    pub fn shared(self) -> Arc<Mutex<MmioTransport>> {
+        let mut transport = self;
+        Arc::new_cyclic(|weak| {
+            let completer = Completer {
+                transport: weak.clone(),
+                epoch: transport.epoch.clone(),
+            };
+            transport.device.set_completer(completer);
+            Mutex::new(transport)
+        })
+    }
+
+    fn complete(
+        &mut self,
+        index: usize,
+        head: u16,
+        epoch: u64,
+        finish: impl FnOnce(&GuestMemory) -> u32,
+    ) -> bool {
+        if epoch != self.epoch.load(Ordering::SeqCst)
+            || self.status & status::DRIVER_OK == 0
+            || self.status & status::DEVICE_NEEDS_RESET != 0
+        {
+            return false;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return false;
+        };
+        if !queue.ready() {
+            return false;
+        }
+        let len = finish(&self.mem);
+        let outcome = queue
+            .add_used(&self.mem, head, len)
+            .and_then(|()| queue.needs_notification(&self.mem));
+        self.after_use(index, outcome);
+        true
+    }
+
+    /// What follows using buffers of queue `index`: the interrupt if the driver wants it, or
+    /// the fault that makes the device need a reset.
+    fn after_use(&mut self, index: usize, outcome: Result<bool, QueueError>) {
+        match outcome {
+            Ok(true) => self.raise(INTERRUPT_USED_BUFFER),
+            Ok(false) => {}
+            Err(e) => {
+                // virtio 1.x, 2.1.2: the device sets DEVICE_NEEDS_RESET and tells the driver
+                // with a configuration change; it uses no queue until the driver resets it.
+                log::error!("virtio-mmio: queue {index} is broken: {e}; the device needs a reset");
+                self.status |= status::DEVICE_NEEDS_RESET;
+                self.raise(INTERRUPT_CONFIG_CHANGE);
+            }
         }
     }
 
@@ -182,6 +294,8 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
+        // Chains in flight on the device's threads are no longer to be answered.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.status = 0;
         self.driver_features = 0;
         self.device_features_sel = 0;
@@ -375,17 +489,7 @@ impl MmioTransport {
             .device
             .process_queue(index, queue, &self.mem)
             .and_then(|used| Ok(used && queue.needs_notification(&self.mem)?));
-        match outcome {
-            Ok(true) => self.raise(INTERRUPT_USED_BUFFER),
-            Ok(false) => {}
-            Err(e) => {
-                // virtio 1.x, 2.1.2: the device sets DEVICE_NEEDS_RESET and tells the driver
-                // with a configuration change; it uses no queue until the driver resets it.
-                log::error!("virtio-mmio: queue {index} is broken: {e}; the device needs a reset");
-                self.status |= status::DEVICE_NEEDS_RESET;
-                self.raise(INTERRUPT_CONFIG_CHANGE);
-            }
-        }
+        self.after_use(index, outcome);
     }
 }
 

@@ -3,8 +3,15 @@
 
 //! virtio-pmem: a file the guest maps as persistent memory. Its FLUSH request becomes an
 //! msync of the whole window, asked of the VM over `vm_control`.
+//!
+//! Behind a shared transport ([`MmioTransport::shared`](super::mmio::MmioTransport::shared))
+//! a FLUSH is answered by the device's own thread: the notify returns at once, and the chain
+//! is used, with an interrupt, when the VM has answered, however long a slow disk takes.
+//! Without one (a transport driven directly) it is answered before the notify returns.
 
 use std::fs::File;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use base::{pagesize, Protection, SharedMemory};
 use hypervisor::{MemCacheType, MemSlot};
@@ -13,8 +20,8 @@ use thiserror::Error;
 use vm_control::{ClientError, VmMemoryClient, VmMemoryRegionId, VmMemorySource};
 use vm_memory::GuestMemory;
 
-use super::mmio::VirtioDevice;
-use super::queue::{DescriptorChain, Error as QueueError, Queue};
+use super::mmio::{Completer, VirtioDevice};
+use super::queue::{Buffer, DescriptorChain, Error as QueueError, Queue};
 
 /// The virtio device id of pmem.
 pub const VIRTIO_ID_PMEM: u32 = 27;
@@ -89,7 +96,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A virtio-pmem device. The window is registered with the VM at construction and stays
 /// until the device's client goes away.
 pub struct Pmem {
-    client: VmMemoryClient,
+    /// The client, until a worker takes it.
+    client: Option<VmMemoryClient>,
+    /// The thread that answers FLUSHes, once the transport gave a completer.
+    worker: Option<Worker>,
     region: VmMemoryRegionId,
     slot: MemSlot,
     guest_addr: u64,
@@ -151,7 +161,8 @@ impl Pmem {
             return Err(e);
         }
         Ok(Pmem {
-            client,
+            client: Some(client),
+            worker: None,
             region,
             slot,
             guest_addr,
@@ -175,8 +186,9 @@ impl Pmem {
         self.slot
     }
 
-    /// Serves one request chain; returns the bytes written to the driver.
-    fn handle(&self, chain: &DescriptorChain, mem: &GuestMemory) -> u32 {
+    /// Serves one request chain taken from queue `index`: `Some(len)` if it is answered now
+    /// (with `len` bytes written to the driver), `None` if the worker will answer it.
+    fn handle(&self, index: usize, chain: &DescriptorChain, mem: &GuestMemory) -> Option<u32> {
         let request = chain.buffers.iter().find(|b| !b.writable && b.len >= 4);
         let response = chain
             .buffers
@@ -188,16 +200,31 @@ impl Pmem {
                 "virtio-pmem: chain {} lacks a request or a response buffer",
                 chain.head
             );
-            return 0;
+            return Some(0);
         };
         let ret = match mem.read_obj_from_addr::<u32>(request.addr) {
             Ok(VIRTIO_PMEM_REQ_TYPE_FLUSH) => {
-                match self.client.msync_arena(self.region, 0, self.file_part) {
-                    Ok(()) => VIRTIO_PMEM_RESP_TYPE_OK,
-                    Err(e) => {
-                        log::error!("virtio-pmem: flush failed: {e}");
+                let flush = Flush {
+                    region: self.region,
+                    file_part: self.file_part,
+                };
+                match (&self.worker, &self.client) {
+                    (Some(worker), _) => {
+                        let job = Job {
+                            flush,
+                            queue: index,
+                            head: chain.head,
+                            epoch: worker.completer.epoch(),
+                            response: *response,
+                        };
+                        if worker.jobs.send(job).is_ok() {
+                            return None;
+                        }
+                        log::error!("virtio-pmem: the flush worker is gone");
                         VIRTIO_PMEM_RESP_TYPE_EIO
                     }
+                    (None, Some(client)) => flush.run(client),
+                    (None, None) => VIRTIO_PMEM_RESP_TYPE_EIO,
                 }
             }
             Ok(other) => {
@@ -206,12 +233,92 @@ impl Pmem {
             }
             Err(e) => {
                 log::warn!("virtio-pmem: cannot read the request: {e}");
-                return 0;
+                return Some(0);
             }
         };
-        match mem.write_obj_at_addr(ret, response.addr) {
-            Ok(()) => 4,
-            Err(_) => 0,
+        Some(respond(mem, response, ret))
+    }
+}
+
+/// Writes response code `ret` into `response`; the bytes written.
+fn respond(mem: &GuestMemory, response: &Buffer, ret: u32) -> u32 {
+    match mem.write_obj_at_addr(ret, response.addr) {
+        Ok(()) => 4,
+        Err(_) => 0,
+    }
+}
+
+/// What one FLUSH does: an msync of the file's part of the window.
+#[derive(Clone, Copy)]
+struct Flush {
+    region: VmMemoryRegionId,
+    file_part: u64,
+}
+
+impl Flush {
+    /// Asks the VM for the msync; the response code for the driver.
+    fn run(self, client: &VmMemoryClient) -> u32 {
+        match client.msync_arena(self.region, 0, self.file_part) {
+            Ok(()) => VIRTIO_PMEM_RESP_TYPE_OK,
+            Err(e) => {
+                log::error!("virtio-pmem: flush failed: {e}");
+                VIRTIO_PMEM_RESP_TYPE_EIO
+            }
+        }
+    }
+}
+
+/// A FLUSH handed to the worker, with what it needs to answer the chain.
+struct Job {
+    flush: Flush,
+    queue: usize,
+    head: u16,
+    epoch: u64,
+    response: Buffer,
+}
+
+/// The thread that answers FLUSHes, in order, and the way to hand it one.
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    completer: Completer,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(client: VmMemoryClient, completer: Completer) -> std::io::Result<Worker> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let answers = completer.clone();
+        let thread = std::thread::Builder::new()
+            .name("virtio-pmem".into())
+            .spawn(move || {
+                // Ends when the device drops its sender; the client then goes, and with it
+                // the window.
+                for job in queue {
+                    let ret = job.flush.run(&client);
+                    answers.complete(job.queue, job.head, job.epoch, |mem| {
+                        respond(mem, &job.response, ret)
+                    });
+                }
+            })?;
+        Ok(Worker {
+            jobs,
+            completer,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after the FLUSH in progress, if any. The last
+        // reference to the transport (and so this device) may be dropped on that very thread,
+        // by the completer: it must not wait for itself.
+        let (jobs, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, jobs));
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -250,16 +357,29 @@ impl VirtioDevice for Pmem {
         while let Some(chain) = queue.pop(mem)? {
             match chain {
                 Ok(chain) => {
-                    let len = self.handle(&chain, mem);
-                    queue.add_used(mem, chain.head, len)?;
+                    if let Some(len) = self.handle(index, &chain, mem) {
+                        queue.add_used(mem, chain.head, len)?;
+                        used = true;
+                    }
                 }
                 Err(bad) => {
                     log::warn!("virtio-pmem: queue {index}: bad chain: {}", bad.error);
                     queue.add_used(mem, bad.head, 0)?;
+                    used = true;
                 }
             }
-            used = true;
         }
         Ok(used)
+    }
+
+    fn set_completer(&mut self, completer: Completer) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        match Worker::start(client, completer) {
+            Ok(worker) => self.worker = Some(worker),
+            // The client went with the thread that could not start: FLUSHes get EIO.
+            Err(e) => log::error!("virtio-pmem: cannot start the flush worker: {e}"),
+        }
     }
 }
