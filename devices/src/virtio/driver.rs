@@ -4,7 +4,7 @@
 //! The driver's side of a split virtqueue: what a guest driver writes into guest memory (the
 //! descriptor table, indirect tables, the available ring) and reads back (the used ring).
 //! For whatever plays the guest against a device: our devices' tests, fuzzers, and checks of
-//! our [`Queue`](super::queue::Queue) against other implementations.
+//! our [`Queue`] against other implementations.
 //!
 //! ```
 //! use devices::virtio::driver::{DriverBuffer, DriverQueue};
