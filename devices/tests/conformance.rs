@@ -562,6 +562,8 @@ fn heads_out_of_range_count_toward_the_notify_budget() {
             "{}",
             bad.error
         );
+        // Returned, as a device does with a chain it cannot use.
+        q.add_used(&mem, bad.head, 0).unwrap();
     }
     mem.write_obj_at_addr(5u16, GuestAddress(AVAIL + 2))
         .unwrap();
@@ -572,6 +574,91 @@ fn heads_out_of_range_count_toward_the_notify_budget() {
     assert!(!q.budget_spent());
     let bad = q.pop(&mem).unwrap().unwrap().unwrap_err();
     assert!(matches!(bad.error, QueueError::DescriptorIndex { .. }));
+}
+
+#[test]
+fn a_driver_cannot_offer_more_chains_than_the_device_holds() {
+    // A device that answers later (on its own thread) holds the chains it took; a driver
+    // that offers more than a queue's worth past the used index is reusing descriptors the
+    // device still has.
+    let mem = GuestMemory::new(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let mut driver = DriverQueue::new(
+        &mem,
+        4,
+        GuestAddress(DESC),
+        GuestAddress(AVAIL),
+        GuestAddress(USED),
+    )
+    .unwrap();
+    let mut q = Queue::new(4);
+    q.set_desc_table(driver.desc_table()).unwrap();
+    q.set_avail_ring(driver.avail_ring()).unwrap();
+    q.set_used_ring(driver.used_ring()).unwrap();
+    q.enable(&mem).unwrap();
+    let one = [DriverBuffer::writable(GuestAddress(BUF), 8)];
+    for _ in 0..4 {
+        let head = driver.add_chain(&one).unwrap();
+        driver.make_available(head).unwrap();
+        q.begin_notify();
+        assert!(q.pop(&mem).unwrap().unwrap().is_ok());
+    }
+    // Four taken, none used: a fifth is one too many.
+    let head = driver.add_chain(&one).unwrap();
+    driver.make_available(head).unwrap();
+    q.begin_notify();
+    let err = q.pop(&mem).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::TooManyInFlight {
+                avail_idx: 5,
+                used: 0,
+                in_flight: 5,
+                size: 4
+            }
+        ),
+        "{err}"
+    );
+    // Once the device uses one, there is room again.
+    q.add_used(&mem, 0, 8).unwrap();
+    assert!(q.pop(&mem).unwrap().unwrap().is_ok());
+}
+
+#[test]
+fn indirect_tables_cost_the_notify_budget_too() {
+    // Every entry of an 8-entry queue points at the same 8-entry table: 64 buffers on offer.
+    // One notify reads at most 2 * 8 descriptors.
+    let (mem, mut q, mut driver) = indirect_queue(true);
+    let buffers: Vec<_> = (0..8)
+        .map(|i| DriverBuffer::readable(GuestAddress(BUF + 16 * i), 16))
+        .collect();
+    let t = GuestAddress(BUF + 0x1000);
+    for _ in 0..8 {
+        let head = driver.add_indirect_chain(t, &buffers).unwrap();
+        driver.make_available(head).unwrap();
+    }
+    let mut handed = 0;
+    while let Some(chain) = q.pop(&mem).unwrap() {
+        let chain = chain.unwrap();
+        handed += chain.buffers.len();
+        q.add_used(&mem, chain.head, 0).unwrap();
+    }
+    // A chain starts only below 8 reads, and one costs 9 (its pointer and 8 entries).
+    assert_eq!(handed, 8, "one chain, then the budget is spent");
+    assert!(q.budget_spent());
+    // The rest comes a share at a time.
+    let mut notifies = 1;
+    while handed < 64 {
+        q.begin_notify();
+        while let Some(chain) = q.pop(&mem).unwrap() {
+            let chain = chain.unwrap();
+            handed += chain.buffers.len();
+            q.add_used(&mem, chain.head, 0).unwrap();
+        }
+        notifies += 1;
+        assert!(notifies <= 8);
+    }
+    assert_eq!((handed, notifies), (64, 8));
 }
 
 #[test]

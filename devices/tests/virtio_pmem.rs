@@ -315,6 +315,8 @@ struct FailingMsync {
     inner: KvmVm,
     fail: std::sync::atomic::AtomicBool,
     delay_ms: std::sync::atomic::AtomicU64,
+    /// msyncs begun so far.
+    started: std::sync::atomic::AtomicU64,
 }
 
 impl Vm for FailingMsync {
@@ -341,6 +343,8 @@ impl Vm for FailingMsync {
         offset: usize,
         size: usize,
     ) -> hypervisor::Result<()> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let delay = self.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(delay));
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
@@ -423,6 +427,7 @@ fn a_flush_whose_msync_fails_answers_eio() {
         inner: KvmVm::new(&kvm, mem.clone()).unwrap(),
         fail: std::sync::atomic::AtomicBool::new(false),
         delay_ms: std::sync::atomic::AtomicU64::new(0),
+        started: std::sync::atomic::AtomicU64::new(0),
     });
     let rig = Rig::on(vm.clone(), mem, &file);
     rig.handshake();
@@ -446,6 +451,7 @@ fn a_slow_flush_holds_neither_the_vcpu_nor_the_device() {
         inner: KvmVm::new(&kvm, mem.clone()).unwrap(),
         fail: std::sync::atomic::AtomicBool::new(false),
         delay_ms: std::sync::atomic::AtomicU64::new(0),
+        started: std::sync::atomic::AtomicU64::new(0),
     });
     let rig = Rig::on(vm.clone(), mem, &file);
     rig.handshake();
@@ -508,6 +514,139 @@ fn a_slow_flush_holds_neither_the_vcpu_nor_the_device() {
     // The new device works.
     vm.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
+}
+
+/// A rig on a KVM VM whose msync takes `delay_ms` (see `FailingMsync`).
+fn slow_rig(kvm: &Kvm, file: &std::fs::File) -> (Rig, Arc<FailingMsync>) {
+    let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let vm = Arc::new(FailingMsync {
+        inner: KvmVm::new(kvm, mem.clone()).unwrap(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+        delay_ms: std::sync::atomic::AtomicU64::new(0),
+        started: std::sync::atomic::AtomicU64::new(0),
+    });
+    (Rig::on(vm.clone(), mem, file), vm)
+}
+
+#[test]
+fn a_flush_answer_never_lands_in_a_queue_set_up_again() {
+    let Some(kvm) = kvm_or_skip("pmem_stale_answer") else {
+        return;
+    };
+    let file = backing_file(2 << 20);
+    let (rig, vm) = slow_rig(&kvm, &file);
+    rig.handshake();
+    vm.delay_ms.store(1000, std::sync::atomic::Ordering::SeqCst);
+    // A FLUSH is taken; then the driver stops the queue and sets it up again, without a
+    // reset, and offers a new FLUSH at the same head.
+    rig.flush_chain();
+    let start = std::time::Instant::now();
+    rig.notify(0);
+    // Its msync has begun (a chain not yet begun would be skipped: no msync for it at all).
+    while vm.started.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        std::thread::yield_now();
+    }
+    rig.write32(0x030, 0);
+    rig.write32(0x044, 0);
+    rig.mem
+        .write_obj_at_addr(0u16, GuestAddress(AVAIL + 2))
+        .unwrap();
+    rig.mem
+        .write_obj_at_addr(0u16, GuestAddress(USED + 2))
+        .unwrap();
+    rig.write32(0x044, 1);
+    assert_eq!(rig.read32(0x044), 1);
+    rig.flush_chain();
+    rig.notify(0);
+    // The first msync ends after 1 s; its answer must not be taken for the second FLUSH,
+    // whose own msync starts only then and takes another second.
+    while rig.used_idx() == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(1900),
+        "the new FLUSH was answered after {:?}, before its own msync could end",
+        start.elapsed()
+    );
+    assert_eq!(
+        rig.mem
+            .read_obj_from_addr::<u32>(GuestAddress(RESP))
+            .unwrap(),
+        VIRTIO_PMEM_RESP_TYPE_OK
+    );
+}
+
+#[test]
+fn a_driver_cannot_pile_up_flushes_and_the_device_goes_at_once() {
+    let Some(kvm) = kvm_or_skip("pmem_flush_backlog") else {
+        return;
+    };
+    let file = backing_file(2 << 20);
+    let (mut rig, vm) = slow_rig(&kvm, &file);
+    rig.handshake();
+    vm.delay_ms.store(300, std::sync::atomic::Ordering::SeqCst);
+    // The same FLUSH chain offered again and again while the device still holds it: at most
+    // a queue's worth, then the ring is broken.
+    rig.flush_chain();
+    for _ in 0..QSIZE {
+        rig.notify(0);
+    }
+    assert_eq!(rig.read32(0x070) & status::DEVICE_NEEDS_RESET, 0);
+    rig.notify(0);
+    assert_ne!(
+        rig.read32(0x070) & status::DEVICE_NEEDS_RESET,
+        0,
+        "a chain past a queue's worth in flight was taken"
+    );
+    // Tearing the device down does not wait for the FLUSHes it holds.
+    let started = std::time::Instant::now();
+    rig.bus = MmioBus::new();
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(200),
+        "dropping the device took {:?}",
+        started.elapsed()
+    );
+    rig.stop_server();
+}
+
+#[test]
+fn chains_left_at_the_budget_are_served_without_another_notify() {
+    let Some(kvm) = kvm_or_skip("pmem_budget_resume") else {
+        return;
+    };
+    let file = backing_file(2 << 20);
+    let rig = Rig::new(&kvm, &file);
+    rig.handshake();
+    // Sixteen requests of two descriptors each, made available at once (one notify), over
+    // the same two descriptors: the device answers them as chains with no response buffer
+    // at once, a budget's worth per share.
+    rig.desc(0, REQ, 4, VIRTQ_DESC_F_NEXT, 1);
+    rig.desc(1, REQ + 4, 4, 0, 0);
+    for i in 0..QSIZE {
+        rig.mem
+            .write_obj_at_addr(0u16, GuestAddress(AVAIL + 4 + 2 * u64::from(i)))
+            .unwrap();
+    }
+    rig.mem
+        .write_obj_at_addr(QSIZE, GuestAddress(AVAIL + 2))
+        .unwrap();
+    rig.write32(0x050, 0);
+    // The notify took 8 of them. No other access to the device follows (a driver that
+    // suppressed its interrupts and does not notify again): the transport goes on by itself.
+    let start = std::time::Instant::now();
+    while rig.used_idx() != QSIZE {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "stuck at {} of {QSIZE}",
+            rig.used_idx()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 #[test]

@@ -9,10 +9,10 @@
 //! a ready queue's rings are in guest memory, so using a buffer never fails; every buffer
 //! handed out is guest memory and readable ones come before writable ones; however the
 //! driver writes the rings during a notify, one notify takes at most the queue size of
-//! chains, bad ones included, starts them only below the queue size of ring descriptors, and
-//! each chain holds at most the queue size of buffers.
+//! chains, bad ones included, and hands out at most twice the queue size of buffers,
+//! indirect tables included; each chain holds at most the queue size of buffers.
 
-use devices::virtio::queue::{Error, Queue};
+use devices::virtio::queue::{Descriptor, Error, Queue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
 use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::input::Input;
@@ -82,6 +82,32 @@ fn notify(queue: &mut Queue, mem: &GuestMemory, indirect: bool, input: &mut Inpu
                 let bytes = input.bytes(16).to_vec();
                 let _ = mem.write_all_at_addr(&bytes, at);
             }
+            6 => {
+                // A well-formed indirect table, as long as the queue allows, in the first
+                // region, and a ring descriptor pointing at it.
+                let entries = 1 + u64::from(input.u16()) % n;
+                let table = GuestAddress(0x8000);
+                for i in 0..entries {
+                    let last = i + 1 == entries;
+                    let desc = Descriptor {
+                        addr: 0x100 + 16 * (i % 64),
+                        len: 16,
+                        flags: if last { 0 } else { VIRTQ_DESC_F_NEXT },
+                        next: (i + 1) as u16,
+                    };
+                    let _ = mem.write_obj_at_addr(desc, table.unchecked_add(16 * i));
+                }
+                let pointer = Descriptor {
+                    addr: table.0,
+                    len: 16 * entries as u32,
+                    flags: VIRTQ_DESC_F_INDIRECT,
+                    next: 0,
+                };
+                let at = queue
+                    .desc_table()
+                    .unchecked_add(16 * (u64::from(input.u16()) % n));
+                let _ = mem.write_obj_at_addr(pointer, at);
+            }
             _ => {}
         }
         pops += 1;
@@ -126,11 +152,12 @@ fn notify(queue: &mut Queue, mem: &GuestMemory, indirect: bool, input: &mut Inpu
             .needs_notification(mem)
             .expect("the rings of a ready queue are guest memory");
     }
-    // Without indirect tables every buffer is a ring descriptor: a notify starts chains only
-    // below the queue size of those, and a chain holds at most the size.
+    // Every descriptor read, indirect tables included, costs the budget: a notify starts
+    // chains only below the queue size of reads, and a chain costs at most the size and one.
     assert!(
-        indirect || descriptors < 2 * usize::from(queue.size()),
-        "one notify walked too far"
+        descriptors <= 2 * usize::from(queue.size()),
+        "one notify handed out {descriptors} buffers, {} chains (indirect: {indirect})",
+        pops
     );
     descriptors
 }

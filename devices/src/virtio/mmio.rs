@@ -15,7 +15,7 @@
 //! lock that every other vCPU needs): [`MmioTransport::shared`] hands it a [`Completer`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use vm_memory::{GuestAddress, GuestMemory};
 
@@ -129,21 +129,30 @@ pub trait VirtioDevice: Send {
 #[derive(Clone, Debug)]
 pub struct Completer {
     transport: Weak<Mutex<MmioTransport>>,
-    epoch: Arc<AtomicU64>,
+    epochs: Arc<[AtomicU64]>,
 }
 
 impl Completer {
-    /// The transport's epoch, which every device reset moves on: record it with a chain taken
-    /// in `process_queue` and pass it back to [`complete`](Self::complete).
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+    /// Queue `queue`'s epoch, which a device reset and the queue's own disabling or enabling
+    /// move on: record it with a chain taken in `process_queue` and pass it back to
+    /// [`complete`](Self::complete).
+    pub fn epoch(&self, queue: usize) -> u64 {
+        self.epochs
+            .get(queue)
+            .map_or(u64::MAX, |e| e.load(Ordering::SeqCst))
+    }
+
+    /// Whether a chain taken from `queue` in `epoch` is still the driver's to be answered:
+    /// a device checks before it starts slow work for one.
+    pub fn is_current(&self, queue: usize, epoch: u64) -> bool {
+        self.epoch(queue) == epoch
     }
 
     /// Finishes chain `head` of queue `queue`, taken in `epoch`. Under the transport's lock,
     /// `finish` writes the response into guest memory and returns the bytes written; then the
-    /// chain is used. Nothing is done, and `false` returned, if the device was reset since
-    /// (the chain is no longer the driver's to be answered), it needs a reset, the queue is
-    /// not ready, or the transport is gone.
+    /// chain is used. Nothing is done, and `false` returned, if the queue's epoch moved since
+    /// (a reset, or the queue set up again: the chain is no longer the driver's to be
+    /// answered), the device needs a reset, the queue is not ready, or the transport is gone.
     pub fn complete(
         &self,
         queue: usize,
@@ -174,18 +183,23 @@ pub struct MmioTransport {
     queues: Vec<Queue>,
     interrupt_status: u32,
     interrupt: Option<Interrupt>,
-    /// Moved on by every reset: chains a [`Completer`] finishes must come from this epoch.
-    epoch: Arc<AtomicU64>,
+    /// One per queue, moved on by every reset and by the queue's QueueReady writes: chains a
+    /// [`Completer`] finishes must come from their queue's current epoch.
+    epochs: Arc<[AtomicU64]>,
+    /// Wakes the thread that goes on with queues whose notify spent its budget (shared
+    /// transports only).
+    resume: Option<mpsc::Sender<()>>,
 }
 
 impl MmioTransport {
     /// Puts `device` behind a transport that reaches guest memory through `mem`.
     pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> MmioTransport {
-        let queues = device
+        let queues: Vec<Queue> = device
             .queue_max_sizes()
             .into_iter()
             .map(Queue::new)
             .collect();
+        let epochs = queues.iter().map(|_| AtomicU64::new(0)).collect();
         MmioTransport {
             device,
             mem,
@@ -197,22 +211,47 @@ impl MmioTransport {
             queues,
             interrupt_status: 0,
             interrupt: None,
-            epoch: Arc::new(AtomicU64::new(0)),
+            epochs,
+            resume: None,
         }
     }
 
     /// The transport behind a lock, as the bus holds it, with a [`Completer`] handed to the
-    /// device so that it may finish chains from other threads.
+    /// device so that it may finish chains from other threads, and a thread of its own that
+    /// goes on with a queue whose notify spent its budget (see [`Queue::budget_spent`]), a
+    /// bounded share at a time, taking the lock for each.
     pub fn shared(self) -> Arc<Mutex<MmioTransport>> {
         let mut transport = self;
-        Arc::new_cyclic(|weak| {
+        let (resume, wakeups) = mpsc::channel::<()>();
+        transport.resume = Some(resume);
+        let shared = Arc::new_cyclic(|weak| {
             let completer = Completer {
                 transport: weak.clone(),
-                epoch: transport.epoch.clone(),
+                epochs: transport.epochs.clone(),
             };
             transport.device.set_completer(completer);
             Mutex::new(transport)
-        })
+        });
+        let weak = Arc::downgrade(&shared);
+        // Ends when the transport, and with it the sender, is gone. If the thread cannot be
+        // made, the queues are still resumed at the driver's next access.
+        let spawned = std::thread::Builder::new()
+            .name("virtio-mmio-resume".into())
+            .spawn(move || {
+                for () in wakeups {
+                    let Some(transport) = weak.upgrade() else {
+                        break;
+                    };
+                    let Ok(mut transport) = transport.lock() else {
+                        break;
+                    };
+                    transport.resume_spent_queues();
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("virtio-mmio: cannot start the resume thread: {e}");
+        }
+        shared
     }
 
     fn complete(
@@ -222,7 +261,7 @@ impl MmioTransport {
         epoch: u64,
         finish: impl FnOnce(&GuestMemory) -> u32,
     ) -> bool {
-        if epoch != self.epoch.load(Ordering::SeqCst)
+        if self.epochs.get(index).map(|e| e.load(Ordering::SeqCst)) != Some(epoch)
             || self.status & status::DRIVER_OK == 0
             || self.status & status::DEVICE_NEEDS_RESET != 0
         {
@@ -295,7 +334,9 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         // Chains in flight on the device's threads are no longer to be answered.
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for epoch in self.epochs.iter() {
+            epoch.fetch_add(1, Ordering::SeqCst);
+        }
         self.status = 0;
         self.driver_features = 0;
         self.device_features_sel = 0;
@@ -402,9 +443,17 @@ impl MmioTransport {
 
     fn set_queue_ready(&mut self, value: u32) {
         let mem = self.mem.clone();
+        let (epochs, index) = (self.epochs.clone(), self.queue_sel as usize);
         let Some(q) = self.selected_queue() else {
             return;
         };
+        // The queue stops, or is set up again: chains taken before are not to be answered
+        // into its new rings.
+        if (value == 0) == q.ready() {
+            if let Some(epoch) = epochs.get(index) {
+                epoch.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         match value {
             0 => q.disable(),
             1 if q.ready() => {}
@@ -489,7 +538,13 @@ impl MmioTransport {
             .device
             .process_queue(index, queue, &self.mem)
             .and_then(|used| Ok(used && queue.needs_notification(&self.mem)?));
+        let spent = queue.budget_spent();
         self.after_use(index, outcome);
+        if spent {
+            if let Some(resume) = &self.resume {
+                let _ = resume.send(());
+            }
+        }
     }
 }
 

@@ -10,8 +10,8 @@
 //! Without one (a transport driven directly) it is answered before the notify returns.
 
 use std::fs::File;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use base::{pagesize, Protection, SharedMemory};
 use hypervisor::{MemCacheType, MemSlot};
@@ -214,7 +214,7 @@ impl Pmem {
                             flush,
                             queue: index,
                             head: chain.head,
-                            epoch: worker.completer.epoch(),
+                            epoch: worker.completer.epoch(index),
                             response: *response,
                         };
                         if worker.jobs.send(job).is_ok() {
@@ -281,19 +281,30 @@ struct Job {
 struct Worker {
     jobs: mpsc::Sender<Job>,
     completer: Completer,
-    thread: Option<JoinHandle<()>>,
+    /// Set when the device goes: the thread takes no further job.
+    stop: Arc<AtomicBool>,
 }
 
 impl Worker {
     fn start(client: VmMemoryClient, completer: Completer) -> std::io::Result<Worker> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let answers = completer.clone();
-        let thread = std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
             .name("virtio-pmem".into())
             .spawn(move || {
-                // Ends when the device drops its sender; the client then goes, and with it
-                // the window.
+                // Ends when the device drops its sender or says stop; the client then goes,
+                // and with it the window.
                 for job in queue {
+                    if stopped.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    // A chain of a reset or re-made queue is not to be answered: no msync
+                    // for it either.
+                    if !answers.is_current(job.queue, job.epoch) {
+                        continue;
+                    }
                     let ret = job.flush.run(&client);
                     answers.complete(job.queue, job.head, job.epoch, |mem| {
                         respond(mem, &job.response, ret)
@@ -303,23 +314,20 @@ impl Worker {
         Ok(Worker {
             jobs,
             completer,
-            thread: Some(thread),
+            stop,
         })
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Closing the channel ends the thread after the FLUSH in progress, if any. The last
-        // reference to the transport (and so this device) may be dropped on that very thread,
-        // by the completer: it must not wait for itself.
+        // The thread finishes the FLUSH in progress, if any, and takes no other; it is not
+        // waited for, since that FLUSH waits for the vm_control server, which may be served
+        // by the very thread dropping the device (or the drop may happen on the worker
+        // itself, through its completer).
+        self.stop.store(true, Ordering::SeqCst);
         let (jobs, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.jobs, jobs));
-        if let Some(thread) = self.thread.take() {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
-        }
     }
 }
 

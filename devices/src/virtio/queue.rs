@@ -154,6 +154,20 @@ pub enum Error {
         /// The device's maximum.
         max: u16,
     },
+    /// More chains offered than the queue can have in flight: the driver offered descriptors
+    /// the device still holds (a well-formed driver never has more than `size` chains it has
+    /// not got back).
+    #[error("available index {avail_idx} is {in_flight} past the used index {used}, more than the queue size {size}")]
+    TooManyInFlight {
+        /// The index the driver wrote.
+        avail_idx: u16,
+        /// The device's used index.
+        used: u16,
+        /// Chains offered and not yet used.
+        in_flight: u16,
+        /// The queue size.
+        size: u16,
+    },
     /// A ring address not aligned as the spec requires.
     #[error("the {ring} at {addr} must be {align}-byte aligned")]
     Unaligned {
@@ -352,6 +366,7 @@ impl Queue {
         self.next_avail = 0;
         self.next_used = 0;
         self.signalled_used = None;
+        self.budget_spent = false;
         Ok(())
     }
 
@@ -404,13 +419,13 @@ impl Queue {
     /// it is consumed, and the device should return `bad.head` used with length 0. `Err` is a
     /// queue-wide fault (the driver broke the ring); the device should stop using the queue.
     ///
-    /// One notify starts chains only while it has walked fewer than `size` descriptors of
-    /// the ring's table; then `pop` answers `None` and [`budget_spent`](Self::budget_spent)
-    /// says so, and the rest waits for the next notify or for the transport to come back. A
-    /// chain holds at most `size` buffers, counting those of an indirect table. So the work
-    /// one notify costs is bounded by the validated queue size (fewer than `2 * size` ring
-    /// descriptors, and `size` buffers for each chain), however fast a driver offers more,
-    /// and a well-formed driver that refills the ring during a notify is never cut off.
+    /// One notify starts chains only while it has read fewer than `size` descriptors (of the
+    /// ring's table and of indirect tables alike); then `pop` answers `None` and
+    /// [`budget_spent`](Self::budget_spent) says so, and the rest waits for the transport to
+    /// come back to it. A chain holds at most `size` buffers. So one notify reads at most
+    /// `2 * size` descriptors, however the driver shapes or refills its rings. And the
+    /// driver cannot offer more than `size` chains the device has not used
+    /// ([`Error::TooManyInFlight`]), so a device that answers later holds at most that many.
     pub fn pop(
         &mut self,
         mem: &GuestMemory,
@@ -428,6 +443,17 @@ impl Queue {
                 avail_idx,
                 next_avail: self.next_avail,
                 pending,
+                size: self.size,
+            });
+        }
+        // Chains the device holds (taken, not yet used) count too: a device that answers
+        // later (on its own thread) must not be handed more than a queue's worth.
+        let in_flight = avail_idx.wrapping_sub(self.next_used);
+        if in_flight > self.size {
+            return Err(Error::TooManyInFlight {
+                avail_idx,
+                used: self.next_used,
+                in_flight,
                 size: self.size,
             });
         }
@@ -458,12 +484,12 @@ impl Queue {
         let mut table = self.desc_table;
         let mut indirect: Option<u64> = None;
         loop {
+            // Every descriptor read costs the budget, an indirect table's too, and it is
+            // counted before it is checked: a notify of bad heads costs its budget as well, so
+            // a driver racing the available index forward cannot make one notify endless.
+            self.walked += 1;
             match indirect {
                 None => {
-                    // Counted before it is checked: a notify of bad heads costs its budget
-                    // too, so a driver racing the available index forward cannot make one
-                    // notify endless.
-                    self.walked += 1;
                     if index >= self.size {
                         return Err(Error::DescriptorIndex {
                             index,
