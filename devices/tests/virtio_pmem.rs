@@ -422,14 +422,7 @@ fn a_flush_whose_msync_fails_answers_eio() {
         return;
     };
     let file = backing_file(2 << 20);
-    let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    let vm = Arc::new(FailingMsync {
-        inner: KvmVm::new(&kvm, mem.clone()).unwrap(),
-        fail: std::sync::atomic::AtomicBool::new(false),
-        delay_ms: std::sync::atomic::AtomicU64::new(0),
-        started: std::sync::atomic::AtomicU64::new(0),
-    });
-    let rig = Rig::on(vm.clone(), mem, &file);
+    let (rig, vm) = slow_rig(&kvm, &file);
     rig.handshake();
     assert_eq!(rig.flush(), VIRTIO_PMEM_RESP_TYPE_OK);
     // The msync itself fails, with the server up: the driver sees EIO in its response.
@@ -446,14 +439,7 @@ fn a_slow_flush_holds_neither_the_vcpu_nor_the_device() {
         return;
     };
     let file = backing_file(2 << 20);
-    let mem = GuestMemory::new(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    let vm = Arc::new(FailingMsync {
-        inner: KvmVm::new(&kvm, mem.clone()).unwrap(),
-        fail: std::sync::atomic::AtomicBool::new(false),
-        delay_ms: std::sync::atomic::AtomicU64::new(0),
-        started: std::sync::atomic::AtomicU64::new(0),
-    });
-    let rig = Rig::on(vm.clone(), mem, &file);
+    let (rig, vm) = slow_rig(&kvm, &file);
     rig.handshake();
     // The disk takes 1.5 s to answer an msync.
     vm.delay_ms.store(1500, std::sync::atomic::Ordering::SeqCst);

@@ -59,6 +59,18 @@ fn random_chain(rng: &mut StdRng) -> Vec<DriverBuffer> {
         .collect()
 }
 
+/// Our driver's side of a queue at the usual rings.
+fn driver_queue(mem: &GuestMemory) -> DriverQueue {
+    DriverQueue::new(
+        mem,
+        SIZE,
+        GuestAddress(DESC),
+        GuestAddress(AVAIL),
+        GuestAddress(USED),
+    )
+    .unwrap()
+}
+
 fn rv_queue(mem: &GuestMemory, desc: u64, avail: u64, used: u64) -> RvQueue {
     let mut q = RvQueue::new(SIZE).unwrap();
     q.set_size(SIZE);
@@ -74,14 +86,7 @@ fn rv_queue(mem: &GuestMemory, desc: u64, avail: u64, used: u64) -> RvQueue {
 fn virtio_queue_pops_what_our_driver_wrote() {
     let mem = memory();
     let mut rng = StdRng::seed_from_u64(0x7165_7565);
-    let mut driver = DriverQueue::new(
-        &mem,
-        SIZE,
-        GuestAddress(DESC),
-        GuestAddress(AVAIL),
-        GuestAddress(USED),
-    )
-    .unwrap();
+    let mut driver = driver_queue(&mem);
     let mut theirs = rv_queue(&mem, DESC, AVAIL, USED);
     let mut indirect_chains = 0;
     for round in 0..200 {
@@ -251,14 +256,7 @@ fn both_queues_read_the_same_chains_from_one_ring() {
     // The same rings, read by both queues: each chain, direct or indirect, the same buffers.
     let mem = memory();
     let mut rng = StdRng::seed_from_u64(0x626f_7468);
-    let mut driver = DriverQueue::new(
-        &mem,
-        SIZE,
-        GuestAddress(DESC),
-        GuestAddress(AVAIL),
-        GuestAddress(USED),
-    )
-    .unwrap();
+    let mut driver = driver_queue(&mem);
     let mut ours = Queue::new(SIZE);
     ours.set_desc_table(GuestAddress(DESC)).unwrap();
     ours.set_avail_ring(GuestAddress(AVAIL)).unwrap();

@@ -12,11 +12,12 @@
 use std::hint::black_box;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rust_vm_memory::{Bytes, GuestAddress as TheirAddress, GuestMemoryMmap};
+use rand::SeedableRng;
+use rust_vm_memory::{Bytes, GuestAddress as TheirAddress};
 use vm_memory::{GuestAddress, GuestMemory};
 
 use super::harness::{compare_ops, eight_sites, Op, Plan, Row, BATCH};
+use super::vm_memory_rows::{both, even, random_addrs};
 
 /// vm-memory's `read_obj::<u64>` on any backend; the sum.
 #[inline(never)]
@@ -77,43 +78,14 @@ fn write_slices_native(mem: &GuestMemory, addrs: &[u64], buf: &[u8]) -> u64 {
     })
 }
 
-/// `n` regions of 64 KiB, each followed by a hole of its size, in both crates.
-fn both(n: u64) -> (GuestMemory, GuestMemoryMmap, Vec<(u64, u64)>) {
-    let layout: Vec<(u64, u64)> = (0..n).map(|i| (i * 2 * 0x1_0000, 0x1_0000)).collect();
-    let ours = GuestMemory::new(
-        &layout
-            .iter()
-            .map(|&(a, s)| (GuestAddress(a), s))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    let theirs = GuestMemoryMmap::<()>::from_ranges(
-        &layout
-            .iter()
-            .map(|&(a, s)| (TheirAddress(a), s as usize))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    (ours, theirs, layout)
-}
-
-/// `count` addresses, a region picked at random, then an offset in it that is a multiple of
-/// `align` with `len` bytes after it in the region.
-fn addrs(layout: &[(u64, u64)], count: usize, align: u64, len: u64, rng: &mut StdRng) -> Vec<u64> {
-    (0..count)
-        .map(|_| {
-            let (a, s) = layout[rng.random_range(0..layout.len())];
-            a + rng.random_range(0..=(s - len) / align) * align
-        })
-        .collect()
-}
-
 pub fn rows(plan: &Plan, rows: &mut Vec<Row>) {
     const SLICE_BATCH: usize = 64;
     for n in [1u64, 64, 1024] {
-        let (ours, theirs, layout) = both(n);
+        // `n` regions of 64 KiB, each followed by a hole of its size.
+        let layout = even(n, n * 0x1_0000);
+        let (ours, theirs) = both(&layout, false);
         let mut rng = StdRng::seed_from_u64(0x7276 + n);
-        let words = addrs(&layout, BATCH, 8, 8, &mut rng);
+        let words = random_addrs(&layout, BATCH, 8, &mut rng);
         rows.push(compare_ops(
             plan,
             &format!("rust-vmm Bytes read_obj u64, {n} regions"),
@@ -144,7 +116,7 @@ pub fn rows(plan: &Plan, rows: &mut Vec<Row>) {
                 }),
             ],
         ));
-        let pages = addrs(&layout, SLICE_BATCH, 4096, 4096, &mut rng);
+        let pages = random_addrs(&layout, SLICE_BATCH, 4096, &mut rng);
         let buf = vec![0x5au8; 4096];
         rows.push(compare_ops(
             plan,

@@ -184,7 +184,7 @@ unsafe fn copies_from(ptrs: &[*mut u8], dst: *mut u8, len: usize) -> u64 {
 type Layout = Vec<(u64, u64)>;
 
 /// `n` regions covering `total` bytes, each followed by a hole of its size.
-fn even(n: u64, total: u64) -> Layout {
+pub(super) fn even(n: u64, total: u64) -> Layout {
     let size = total / n;
     (0..n).map(|i| (i * 2 * size, size)).collect()
 }
@@ -211,7 +211,7 @@ fn irregular(n: usize, rng: &mut StdRng) -> Layout {
 }
 
 /// The same layout in both crates; with `touch`, every page written once in each.
-fn both(layout: &[(u64, u64)], touch: bool) -> (GuestMemory, GuestMemoryMmap) {
+pub(super) fn both(layout: &[(u64, u64)], touch: bool) -> (GuestMemory, GuestMemoryMmap) {
     let ours = GuestMemory::new(
         &layout
             .iter()
@@ -239,7 +239,12 @@ fn both(layout: &[(u64, u64)], touch: bool) -> (GuestMemory, GuestMemoryMmap) {
 
 /// `count` random addresses in `layout`: a region picked uniformly, then an offset in it
 /// that is a multiple of `align`.
-fn random_addrs(layout: &[(u64, u64)], count: usize, align: u64, rng: &mut StdRng) -> Vec<u64> {
+pub(super) fn random_addrs(
+    layout: &[(u64, u64)],
+    count: usize,
+    align: u64,
+    rng: &mut StdRng,
+) -> Vec<u64> {
     (0..count)
         .map(|_| {
             let (a, s) = layout[rng.random_range(0..layout.len())];
