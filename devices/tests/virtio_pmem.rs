@@ -600,6 +600,123 @@ fn a_driver_cannot_pile_up_flushes_and_the_device_goes_at_once() {
     rig.stop_server();
 }
 
+/// Waits until the VM has begun `n` msyncs.
+fn wait_for_msyncs(vm: &FailingMsync, n: u64) {
+    let start = std::time::Instant::now();
+    while vm.started.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no msync began"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// The driver stops queue 0, zeroes its indices and enables it again (no device reset).
+fn remake_queue(rig: &Rig) {
+    rig.write32(0x030, 0);
+    rig.write32(0x044, 0);
+    rig.mem
+        .write_obj_at_addr(0u16, GuestAddress(AVAIL + 2))
+        .unwrap();
+    rig.mem
+        .write_obj_at_addr(0u16, GuestAddress(USED + 2))
+        .unwrap();
+    rig.write32(0x044, 1);
+    assert_eq!(rig.read32(0x044), 1);
+}
+
+#[test]
+fn flushes_of_a_reset_device_or_of_a_device_gone_get_no_msync() {
+    let Some(kvm) = kvm_or_skip("pmem_stale_jobs") else {
+        return;
+    };
+    let file = backing_file(2 << 20);
+    let (rig, vm) = slow_rig(&kvm, &file);
+    rig.handshake();
+    vm.delay_ms.store(800, std::sync::atomic::Ordering::SeqCst);
+    // Four FLUSHes (the same chain, offered four times): the first one's msync begins, the
+    // rest wait behind it. Then the device is reset: those three are stale.
+    rig.flush_chain();
+    for _ in 0..4 {
+        rig.notify(0);
+    }
+    wait_for_msyncs(&vm, 1);
+    rig.write32(0x070, 0);
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    assert_eq!(
+        vm.started.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "FLUSHes of the reset device were msynced"
+    );
+    // Again, and this time the device goes away: what it held is not msynced either.
+    rig.handshake();
+    rig.mem
+        .write_obj_at_addr(0u16, GuestAddress(AVAIL + 2))
+        .unwrap();
+    rig.mem
+        .write_obj_at_addr(0u16, GuestAddress(USED + 2))
+        .unwrap();
+    rig.flush_chain();
+    for _ in 0..4 {
+        rig.notify(0);
+    }
+    wait_for_msyncs(&vm, 2);
+    let mut rig = rig;
+    rig.bus = MmioBus::new();
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    assert_eq!(
+        vm.started.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "FLUSHes of a device that is gone were msynced"
+    );
+}
+
+#[test]
+fn a_device_holds_at_most_a_queue_of_flushes_across_resets() {
+    let Some(kvm) = kvm_or_skip("pmem_jobs_bound") else {
+        return;
+    };
+    let file = backing_file(2 << 20);
+    let (rig, vm) = slow_rig(&kvm, &file);
+    rig.handshake();
+    vm.delay_ms.store(1500, std::sync::atomic::Ordering::SeqCst);
+    // While one msync hangs, the driver remakes its queue again and again, each time with a
+    // full ring of FLUSHes: 16 of 16 per epoch, never too many in flight for one epoch.
+    rig.flush_chain();
+    rig.notify(0);
+    wait_for_msyncs(&vm, 1);
+    for _ in 0..16 {
+        remake_queue(&rig);
+        for _ in 0..QSIZE {
+            rig.notify(0);
+        }
+    }
+    // The device holds 256 (its queue's maximum) by now, so it takes no more: a chain it
+    // would answer at once (it has no response buffer) stays on the ring.
+    remake_queue(&rig);
+    rig.desc(2, REQ, 4, 0, 0);
+    rig.notify(2);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        rig.used_idx(),
+        0,
+        "a device holding 256 FLUSHes took another chain"
+    );
+    assert_eq!(rig.read32(0x070) & status::DEVICE_NEEDS_RESET, 0);
+    // Once the msync ends, the stale FLUSHes are dropped without msyncs, and the device goes
+    // on with the ring by itself.
+    let start = std::time::Instant::now();
+    while rig.used_idx() == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(vm.started.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+}
+
 #[test]
 fn chains_left_at_the_budget_are_served_without_another_notify() {
     let Some(kvm) = kvm_or_skip("pmem_budget_resume") else {

@@ -130,6 +130,7 @@ pub trait VirtioDevice: Send {
 pub struct Completer {
     transport: Weak<Mutex<MmioTransport>>,
     epochs: Arc<[AtomicU64]>,
+    resume: mpsc::Sender<usize>,
 }
 
 impl Completer {
@@ -146,6 +147,12 @@ impl Completer {
     /// a device checks before it starts slow work for one.
     pub fn is_current(&self, queue: usize, epoch: u64) -> bool {
         self.epoch(queue) == epoch
+    }
+
+    /// Asks the transport to process `queue` again soon, on its own thread: for a device
+    /// that left chains on the ring because it held as many as it takes, once it has room.
+    pub fn wake(&self, queue: usize) {
+        let _ = self.resume.send(queue);
     }
 
     /// Finishes chain `head` of queue `queue`, taken in `epoch`. Under the transport's lock,
@@ -186,9 +193,9 @@ pub struct MmioTransport {
     /// One per queue, moved on by every reset and by the queue's QueueReady writes: chains a
     /// [`Completer`] finishes must come from their queue's current epoch.
     epochs: Arc<[AtomicU64]>,
-    /// Wakes the thread that goes on with queues whose notify spent its budget (shared
-    /// transports only).
-    resume: Option<mpsc::Sender<()>>,
+    /// Wakes the thread that goes on with a queue (by index) whose notify spent its budget
+    /// or whose device asked for it (shared transports only).
+    resume: Option<mpsc::Sender<usize>>,
 }
 
 impl MmioTransport {
@@ -222,30 +229,34 @@ impl MmioTransport {
     /// bounded share at a time, taking the lock for each.
     pub fn shared(self) -> Arc<Mutex<MmioTransport>> {
         let mut transport = self;
-        let (resume, wakeups) = mpsc::channel::<()>();
-        transport.resume = Some(resume);
+        let (resume, wakeups) = mpsc::channel::<usize>();
         let shared = Arc::new_cyclic(|weak| {
             let completer = Completer {
                 transport: weak.clone(),
                 epochs: transport.epochs.clone(),
+                resume: resume.clone(),
             };
             transport.device.set_completer(completer);
+            transport.resume = Some(resume);
             Mutex::new(transport)
         });
         let weak = Arc::downgrade(&shared);
-        // Ends when the transport, and with it the sender, is gone. If the thread cannot be
-        // made, the queues are still resumed at the driver's next access.
+        // Ends when the transport and every completer, and with them the senders, are gone
+        // (or the transport is). If the thread cannot be made, a spent queue is still resumed
+        // at the driver's next access.
         let spawned = std::thread::Builder::new()
             .name("virtio-mmio-resume".into())
             .spawn(move || {
-                for () in wakeups {
+                for queue in wakeups {
                     let Some(transport) = weak.upgrade() else {
                         break;
                     };
                     let Ok(mut transport) = transport.lock() else {
                         break;
                     };
-                    transport.resume_spent_queues();
+                    // A fresh notify's share: nothing happens unless the device is running
+                    // and the queue ready.
+                    transport.notify(queue);
                 }
             });
         if let Err(e) = spawned {
@@ -542,7 +553,7 @@ impl MmioTransport {
         self.after_use(index, outcome);
         if spent {
             if let Some(resume) = &self.resume {
-                let _ = resume.send(());
+                let _ = resume.send(index);
             }
         }
     }

@@ -10,7 +10,7 @@
 //! Without one (a transport driven directly) it is answered before the notify returns.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
 use base::{pagesize, Protection, SharedMemory};
@@ -186,6 +186,22 @@ impl Pmem {
         self.slot
     }
 
+    /// Whether the device may take another chain: always, but for a worker that holds a
+    /// queue's worth of FLUSHes. Then the chains stay on the ring, and the worker wakes the
+    /// queue once it has room (the flag is set before `pending` is looked at again, so one
+    /// of the two sides sees the other).
+    fn has_room(&self) -> bool {
+        let Some(worker) = &self.worker else {
+            return true;
+        };
+        let limit = usize::from(QUEUE_SIZE);
+        if worker.pending.load(Ordering::SeqCst) < limit {
+            return true;
+        }
+        worker.deferred.store(true, Ordering::SeqCst);
+        worker.pending.load(Ordering::SeqCst) < limit
+    }
+
     /// Serves one request chain taken from queue `index`: `Some(len)` if it is answered now
     /// (with `len` bytes written to the driver), `None` if the worker will answer it.
     fn handle(&self, index: usize, chain: &DescriptorChain, mem: &GuestMemory) -> Option<u32> {
@@ -217,9 +233,11 @@ impl Pmem {
                             epoch: worker.completer.epoch(index),
                             response: *response,
                         };
+                        worker.pending.fetch_add(1, Ordering::SeqCst);
                         if worker.jobs.send(job).is_ok() {
                             return None;
                         }
+                        worker.pending.fetch_sub(1, Ordering::SeqCst);
                         log::error!("virtio-pmem: the flush worker is gone");
                         VIRTIO_PMEM_RESP_TYPE_EIO
                     }
@@ -283,6 +301,13 @@ struct Worker {
     completer: Completer,
     /// Set when the device goes: the thread takes no further job.
     stop: Arc<AtomicBool>,
+    /// Jobs handed over and not yet done or skipped, whatever their epoch: at most
+    /// `QUEUE_SIZE`, so a driver that keeps resetting its queue while an msync hangs cannot
+    /// pile up more.
+    pending: Arc<AtomicUsize>,
+    /// The device left chains on the ring because `pending` was full: the worker wakes the
+    /// queue when it has room again.
+    deferred: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -291,6 +316,9 @@ impl Worker {
         let answers = completer.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let (in_hand, deferred) = (pending.clone(), Arc::new(AtomicBool::new(false)));
+        let left = deferred.clone();
         std::thread::Builder::new()
             .name("virtio-pmem".into())
             .spawn(move || {
@@ -302,19 +330,25 @@ impl Worker {
                     }
                     // A chain of a reset or re-made queue is not to be answered: no msync
                     // for it either.
-                    if !answers.is_current(job.queue, job.epoch) {
-                        continue;
+                    if answers.is_current(job.queue, job.epoch) {
+                        let ret = job.flush.run(&client);
+                        answers.complete(job.queue, job.head, job.epoch, |mem| {
+                            respond(mem, &job.response, ret)
+                        });
                     }
-                    let ret = job.flush.run(&client);
-                    answers.complete(job.queue, job.head, job.epoch, |mem| {
-                        respond(mem, &job.response, ret)
-                    });
+                    // Room for one more: if the device left chains for want of it, go on.
+                    in_hand.fetch_sub(1, Ordering::SeqCst);
+                    if left.swap(false, Ordering::SeqCst) {
+                        answers.wake(job.queue);
+                    }
                 }
             })?;
         Ok(Worker {
             jobs,
             completer,
             stop,
+            pending,
+            deferred,
         })
     }
 }
@@ -362,7 +396,10 @@ impl VirtioDevice for Pmem {
         mem: &GuestMemory,
     ) -> std::result::Result<bool, QueueError> {
         let mut used = false;
-        while let Some(chain) = queue.pop(mem)? {
+        while self.has_room() {
+            let Some(chain) = queue.pop(mem)? else {
+                break;
+            };
             match chain {
                 Ok(chain) => {
                     if let Some(len) = self.handle(index, &chain, mem) {
