@@ -110,10 +110,10 @@ fn slice_rows(plan: &Plan, rows: &mut Vec<Row>) {
     let offsets: Vec<usize> = (0..SLICE_BATCH)
         .map(|_| rng.random_range(0..pages) * 4096)
         .collect();
-    // SAFETY: each offset plus 4096 is inside the mapping.
+    // Each offset plus 4096 is inside the mapping; the pointers are only computed here.
     let ptrs: Vec<*mut u8> = offsets
         .iter()
-        .map(|&o| unsafe { m.as_ptr().add(o) })
+        .map(|&o| m.as_ptr().wrapping_add(o))
         .collect();
     let mut buf = vec![0x5au8; 4096];
     let p = buf.as_mut_ptr();
