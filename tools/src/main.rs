@@ -8,11 +8,13 @@
 //!   the file, the dirty log and a refused read-only write, and reports each step's cost.
 //! - `bench` measures the crates next to raw memcpy, syscalls and ioctls and the vm-memory
 //!   crate, in one run, and prints the ratios.
+//! - `vhost-user-blk` serves a disk file to a vhost-user frontend such as QEMU.
 
 mod bench;
 mod drive;
 mod guest;
 mod run;
+mod vhost_user_blk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,13 +50,36 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Serve a disk file as a vhost-user-blk device on a Unix socket (QEMU:
+    /// `-chardev socket,path=PATH,id=c -device vhost-user-blk-pci,chardev=c`), until killed.
+    VhostUserBlk {
+        /// Where to listen.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The disk file (its size, in whole sectors, is the disk's).
+        #[arg(long)]
+        disk: PathBuf,
+        /// Answer writes with IOERR and open the file read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Queues to offer (the driver may use fewer).
+        #[arg(long, default_value_t = 1, value_parser = vhost_user_blk::queues_arg)]
+        queues: u16,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result = match cli.command {
         Command::Run { pmem } => run::run(pmem.as_deref()),
         Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
+        Command::VhostUserBlk {
+            socket,
+            disk,
+            read_only,
+            queues,
+        } => vhost_user_blk::serve(&socket, &disk, read_only, queues),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

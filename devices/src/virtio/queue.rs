@@ -361,13 +361,26 @@ impl Queue {
     /// it starts from index 0, as a freshly enabled queue does. A queue that fails the checks
     /// stays not ready.
     pub fn enable(&mut self, mem: &GuestMemory) -> Result<()> {
+        self.enable_from(mem, 0)
+    }
+
+    /// Makes the queue ready, like [`enable`](Self::enable), but starting at ring index
+    /// `base` for both the available and the used ring: a vhost-user frontend's
+    /// `SET_VRING_BASE`, which resumes a queue where another device left it.
+    pub fn enable_from(&mut self, mem: &GuestMemory, base: u16) -> Result<()> {
         self.validate(mem)?;
         self.ready = true;
-        self.next_avail = 0;
-        self.next_used = 0;
+        self.next_avail = base;
+        self.next_used = base;
         self.signalled_used = None;
         self.budget_spent = false;
         Ok(())
+    }
+
+    /// The index of the next available-ring entry the device will take (what a vhost-user
+    /// backend answers to `GET_VRING_BASE`).
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
     }
 
     /// Stops using the queue (the driver wrote 0 to QueueReady).
