@@ -84,7 +84,10 @@ fn debian_linux_writes_patterns_and_ext4_through_our_backend() {
     );
     qemu.wait_for("GUEST-SYNCED", BOOT);
     let after = dirty_pages(&disk, 0, DISK_SIZE);
-    assert_eq!(after, 0, "{after} pages still dirty after the guest's fsync returned");
+    assert_eq!(
+        after, 0,
+        "{after} pages still dirty after the guest's fsync returned"
+    );
 
     qemu.wait_for("GUEST-READBACK-OK", BOOT);
     let md5 = qemu.wait_for("GUEST-MD5 ", BOOT);
@@ -104,7 +107,10 @@ fn debian_linux_writes_patterns_and_ext4_through_our_backend() {
         b"hello from Debian's kernel on vmm-memory's vhost-user-blk\n"
     );
     let dumped = dir.join("random.bin");
-    debugfs(&disk_path, &format!("dump /random.bin {}", dumped.display()));
+    debugfs(
+        &disk_path,
+        &format!("dump /random.bin {}", dumped.display()),
+    );
     let host_md5 = Command::new("md5sum").arg(&dumped).output().unwrap().stdout;
     let host_md5 = String::from_utf8_lossy(&host_md5);
     assert_eq!(

@@ -2,8 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The virtio-blk device (virtio 1.x, 5.2) over a disk file: [`BlockDisk`] serves one request
-//! chain at a time, reading and writing guest memory in place (`preadv`/`pwritev` on the
-//! guest's buffers, no bounce copy).
+//! chain at a time, reading into guest memory in place (`preadv` on the guest's buffers) and
+//! writing through a bounce buffer (see [`write_bounced`] for the measurement behind it).
 //!
 //! Every request is checked before the disk is touched: a header shorter than 16 bytes, no
 //! writable byte for the status, data not a whole number of sectors, sectors past the end (in
@@ -271,13 +271,7 @@ impl BlockDisk {
             VIRTIO_BLK_T_IN => {
                 let len = total(writable);
                 self.check_range(sector, len)?;
-                transfer(
-                    &self.file,
-                    mem,
-                    writable,
-                    sector * SECTOR_SIZE,
-                    Direction::Read,
-                )?;
+                read_in_place(&self.file, mem, writable, sector * SECTOR_SIZE)?;
                 Ok(len)
             }
             VIRTIO_BLK_T_OUT => {
@@ -286,13 +280,7 @@ impl BlockDisk {
                 }
                 let len = total(&readable);
                 self.check_range(sector, len)?;
-                transfer(
-                    &self.file,
-                    mem,
-                    &readable,
-                    sector * SECTOR_SIZE,
-                    Direction::Write,
-                )?;
+                write_bounced(&self.file, mem, &readable, sector * SECTOR_SIZE)?;
                 Ok(0)
             }
             VIRTIO_BLK_T_FLUSH => {
@@ -410,12 +398,6 @@ fn take_bytes(
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    Read,
-    Write,
-}
-
 /// The host slices of `segments`, split where a segment crosses from one region into the
 /// next (each segment was checked to be guest memory).
 fn host_slices<'m>(
@@ -438,15 +420,65 @@ fn host_slices<'m>(
     Ok(slices)
 }
 
-/// Reads the disk into, or writes it from, guest memory at byte `offset`, with as few
-/// `preadv`/`pwritev` calls as the kernel allows; a short transfer continues where it
-/// stopped, and the end of the file (someone truncated it) is an error.
-fn transfer(
+/// Bytes a write is copied through at a time (see [`write_bounced`]).
+const BOUNCE_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// Each serving thread's bounce buffer, made once.
+    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes the guest's data to the disk at byte `offset` through a bounce buffer of at most
+/// [`BOUNCE_BYTES`]. Measured on Linux 6.18 (tools/bench_vhost_user_blk), `pwritev` straight
+/// from the frontend's shared memfd pages into the page cache ran at about a fifteenth of the
+/// speed of a copy into this buffer and a `pwrite` from it (3.4 ms against 0.23 ms per MiB),
+/// while reads into guest memory in place are as fast as anything; so writes bounce, reads
+/// do not.
+fn write_bounced(
     file: &File,
     mem: &GuestMemory,
     segments: &[(GuestAddress, u64)],
     offset: u64,
-    direction: Direction,
+) -> Result<(), Error> {
+    use std::os::unix::fs::FileExt;
+    let slices = host_slices(mem, segments)?;
+    BOUNCE.with_borrow_mut(|buf| {
+        buf.resize(BOUNCE_BYTES, 0);
+        let mut offset = offset;
+        let mut filled = 0;
+        for slice in &slices {
+            let mut done = 0;
+            while done < slice.size() {
+                let n = (slice.size() - done).min(BOUNCE_BYTES - filled);
+                // `done + n <= size`: the sub-slice is inside the slice.
+                let part = slice.sub_slice(done, n).map_err(|_| Error::Memory)?;
+                part.copy_to(&mut buf[filled..filled + n]);
+                filled += n;
+                done += n;
+                if filled == BOUNCE_BYTES {
+                    file.write_all_at(&buf[..filled], offset)
+                        .map_err(Error::Io)?;
+                    offset += filled as u64;
+                    filled = 0;
+                }
+            }
+        }
+        if filled > 0 {
+            file.write_all_at(&buf[..filled], offset)
+                .map_err(Error::Io)?;
+        }
+        Ok(())
+    })
+}
+
+/// Reads the disk into guest memory at byte `offset`, in place, with as few `preadv` calls as
+/// the kernel allows; a short read continues where it stopped, and the end of the file
+/// (someone truncated it) is an error.
+fn read_in_place(
+    file: &File,
+    mem: &GuestMemory,
+    segments: &[(GuestAddress, u64)],
+    offset: u64,
 ) -> Result<(), Error> {
     let slices = host_slices(mem, segments)?;
     let mut index = 0;
@@ -468,22 +500,14 @@ fn transfer(
             sectors: 0,
         })?;
         // SAFETY: every iovec names bytes of guest memory that `mem` keeps mapped read-write
-        // for the call (the slices borrow it); the kernel only reads or writes those bytes.
+        // for the call (the slices borrow it); the kernel only writes those bytes.
         let n = unsafe {
-            match direction {
-                Direction::Read => libc::preadv(
-                    file.as_raw_fd(),
-                    iov.as_ptr(),
-                    iov.len() as i32,
-                    file_offset,
-                ),
-                Direction::Write => libc::pwritev(
-                    file.as_raw_fd(),
-                    iov.as_ptr(),
-                    iov.len() as i32,
-                    file_offset,
-                ),
-            }
+            libc::preadv(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as i32,
+                file_offset,
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();

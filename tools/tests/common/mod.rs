@@ -102,7 +102,10 @@ fn wait_for_path(path: &Path, child: &mut Child, timeout: Duration) {
     let start = Instant::now();
     while !path.exists() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("the backend exited before binding {}: {status}", path.display());
+            panic!(
+                "the backend exited before binding {}: {status}",
+                path.display()
+            );
         }
         assert!(
             start.elapsed() < timeout,
@@ -143,9 +146,8 @@ pub struct Qemu {
 impl Qemu {
     /// Boots QEMU.
     pub fn boot(image: &Path, socket: &Path, guest_test: &str) -> Qemu {
-        let append = format!(
-            "console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 vmm_test={guest_test}"
-        );
+        let append =
+            format!("console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 vmm_test={guest_test}");
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-M", "microvm,acpi=on,memory-backend=mem"])
             .args(["-m", "256M", "-nodefaults", "-no-user-config", "-nographic"])
