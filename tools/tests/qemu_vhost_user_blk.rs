@@ -164,3 +164,57 @@ fn a_killed_backend_loses_no_write_whose_fsync_returned() {
     assert_eq!(dirty, 0, "{dirty} of the fsynced blocks are not durable");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Voluntary context switches of the backend's thread serving queue `index`: each kick it
+/// wakes for is one.
+fn queue_thread_wakeups(backend: u32, index: usize) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{backend}/task")).unwrap();
+    for task in tasks {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if name.trim() == format!("vublk-q{index}") {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap();
+        }
+    }
+    panic!("the backend has no thread for queue {index}");
+}
+
+/// With `--queues 2` and two vCPUs, Linux's blk-mq sends requests down both queues; each is
+/// served by its own thread (both wake many times), and every block reads back.
+#[test]
+fn two_vcpus_use_both_queues_of_our_backend() {
+    let test = "two_vcpus_use_both_queues_of_our_backend";
+    let Some(image) = guest_image_or_skip(test) else {
+        return;
+    };
+    let _guest = common::one_guest_at_a_time();
+    let dir = scratch_dir("qemu-mq");
+    let disk_path = dir.join("disk.img");
+    let disk = new_disk(&disk_path);
+    disk.set_len(16 << 20).unwrap();
+    let socket = dir.join("blk.sock");
+    let backend = our_backend(&socket, &disk_path, &["--queues", "2"]);
+    let mut qemu = Qemu::boot_with(&image, &socket, "mq", 2, 2);
+    assert_eq!(qemu.wait_for("GUEST-QUEUES", BOOT), "GUEST-QUEUES 2");
+    qemu.wait_for("GUEST-MQ-OK", BOOT);
+    let pid = backend.child.id();
+    for q in 0..2 {
+        let wakeups = queue_thread_wakeups(pid, q);
+        assert!(wakeups > 16, "queue {q}'s thread woke only {wakeups} times");
+    }
+    qemu.wait_for("GUEST-DONE", BOOT);
+    qemu.wait_exit(BOOT);
+    for b in 0..128 {
+        assert_eq!(
+            block(&disk, b),
+            pattern(&format!("vmm-memory mq block {b} ")),
+            "block {b}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

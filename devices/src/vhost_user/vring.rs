@@ -215,7 +215,8 @@ impl Worker {
         let thread_stop = stop.clone();
         let thread_wake = wake.try_clone()?;
         let thread = std::thread::Builder::new()
-            .name(format!("vhost-user-blk-q{index}"))
+            // The kernel keeps 15 bytes of a thread's name.
+            .name(format!("vublk-q{index}"))
             .spawn(move || run(epoll, kick, thread_wake, thread_stop, vring, disk))?;
         let worker = Worker {
             stop,

@@ -144,8 +144,19 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// Boots QEMU.
+    /// Boots QEMU with one vCPU and a one-queue device.
     pub fn boot(image: &Path, socket: &Path, guest_test: &str) -> Qemu {
+        Qemu::boot_with(image, socket, guest_test, 1, 1)
+    }
+
+    /// Boots QEMU with `cpus` vCPUs and a device of `queues` queues.
+    pub fn boot_with(
+        image: &Path,
+        socket: &Path,
+        guest_test: &str,
+        cpus: u32,
+        queues: u16,
+    ) -> Qemu {
         let append =
             format!("console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 vmm_test={guest_test}");
         let mut child = Command::new("qemu-system-x86_64")
@@ -156,7 +167,10 @@ impl Qemu {
             .args(["-global", "virtio-mmio.force-legacy=false"])
             .arg("-chardev")
             .arg(format!("socket,id=blk0,path={}", socket.display()))
-            .args(["-device", "vhost-user-blk,chardev=blk0"])
+            .arg("-smp")
+            .arg(cpus.to_string())
+            .arg("-device")
+            .arg(format!("vhost-user-blk,chardev=blk0,num-queues={queues}"))
             .arg("-kernel")
             .arg(image.join("vmlinuz"))
             .arg("-initrd")
