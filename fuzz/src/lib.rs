@@ -9,5 +9,6 @@
 pub mod guest_memory;
 pub mod input;
 pub mod mmio;
+pub mod vhost_user;
 pub mod virtqueue;
 pub mod vm_memory_request;

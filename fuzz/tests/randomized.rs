@@ -216,3 +216,49 @@ fn vm_memory_requests() {
         Vec::new(),
     );
 }
+
+/// The environment variable that marks the process `vhost_user_messages` runs in alone.
+const VHOST_USER_ALONE: &str = "VMM_FUZZ_VHOST_USER_ALONE";
+
+fn running_input() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures/vhost_user-running")
+}
+
+/// `vhost_user::run`, leaving its input in [`running_input`] first: a crash (SIGBUS, say)
+/// kills the process before `one` can keep the input.
+fn vhost_user_kept(data: &[u8]) {
+    let _ = std::fs::write(running_input(), data);
+    vmm_memory_fuzz::vhost_user::run(data);
+}
+
+#[test]
+fn vhost_user_messages() {
+    // It counts the process's descriptors and mappings, which the tests running beside it
+    // change: it runs alone, in a process of its own (this binary, asked for it only).
+    if std::env::var_os(VHOST_USER_ALONE).is_none() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "vhost_user_messages",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(VHOST_USER_ALONE, "1")
+            .status()
+            .expect("the test binary runs again");
+        assert!(
+            status.success(),
+            "vhost_user's randomized run failed ({status}); if it crashed, the input it was \
+             running is in {}",
+            running_input().display()
+        );
+        return;
+    }
+    let _ = std::fs::create_dir_all(running_input().parent().unwrap());
+    randomized(
+        "vhost_user",
+        vhost_user_kept,
+        vmm_memory_fuzz::vhost_user::seeds(),
+    );
+    let _ = std::fs::remove_file(running_input());
+}

@@ -204,7 +204,9 @@ impl Worker {
         epoll.ctl(
             ControlOperation::Add,
             kick.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, KICK),
+            // Edge-triggered: a semaphore-mode eventfd (each read takes 1) with a huge
+            // counter would otherwise wake the thread for ever; each kick is an edge.
+            EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, KICK),
         )?;
         epoll.ctl(
             ControlOperation::Add,
@@ -286,6 +288,12 @@ fn run(
                     let _ = wake.read();
                 }
             }
+        }
+        // Checked again after the wake eventfd was drained: a stop that came after the check
+        // above had its wake read just now, and would otherwise be lost (and Drop's join
+        // would wait for ever).
+        if stop.load(Ordering::SeqCst) {
+            return;
         }
         lock(&vring).serve(&disk);
     }
