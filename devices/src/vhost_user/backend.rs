@@ -179,6 +179,9 @@ pub struct BlockBackend {
     log: Option<Arc<DirtyLog>>,
     vrings: Vec<Arc<Mutex<Vring>>>,
     workers: Vec<Option<Worker>>,
+    /// A request was refused that `vhost` answers only when it succeeds: the frontend waits
+    /// for an answer that cannot come, so [`serve_connection`] ends the connection.
+    hang_up: bool,
 }
 
 impl BlockBackend {
@@ -196,6 +199,7 @@ impl BlockBackend {
                 .map(|_| Arc::new(Mutex::new(Vring::new(MAX_QUEUE_SIZE))))
                 .collect(),
             workers: (0..queues).map(|_| None).collect(),
+            hang_up: false,
         }
     }
 
@@ -226,6 +230,15 @@ impl BlockBackend {
         self.acked_protocol = 0;
         self.table = None;
         self.log = None;
+        self.hang_up = false;
+    }
+
+    /// Refuses a request whose refusal `vhost` does not answer (it replies only on success:
+    /// `GET_VRING_BASE`, `SET_LOG_BASE`, `GET_INFLIGHT_FD`, `GET_SHMEM_CONFIG`), and has the
+    /// connection ended so that the frontend is not left waiting.
+    fn refuse_unanswered<T>(&mut self, e: Error) -> vhost::vhost_user::Result<T> {
+        self.hang_up = true;
+        refuse(e)
     }
 
     fn reset(&mut self) {
@@ -324,6 +337,8 @@ impl BlockBackend {
                 // The ring is not in the new memory: it stops until restarted.
                 log::error!("vhost-user-blk: {e}");
                 v.queue.disable();
+                // GET_VRING_BASE answers where it stopped, and a restart resumes there.
+                v.base = at;
                 v.mem = None;
                 v.broken = true;
             }
@@ -433,15 +448,29 @@ impl VhostUserBackendReqHandlerMut for BlockBackend {
         available: u64,
         log: u64,
     ) -> vhost::vhost_user::Result<()> {
-        let vring = answer(self.stopped_vring(index, "addresses"))?;
-        lock(vring).addrs = Some(VringAddrs {
+        let addrs = VringAddrs {
             desc: descriptor,
             avail: available,
             used,
             log: flags
                 .contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG)
                 .then_some(log),
-        });
+        };
+        let (i, vring) = answer(self.vring(index))?;
+        let mut v = lock(vring);
+        // A started ring takes the same rings again with logging switched on or off: that is
+        // how a frontend (QEMU) starts and ends migration on a running device. Moving the
+        // rings needs the ring stopped.
+        let same_rings = v
+            .addrs
+            .is_some_and(|a| (a.desc, a.avail, a.used) == (descriptor, available, used));
+        if self.workers[i].is_some() && !same_rings {
+            return refuse(Error::Started {
+                index,
+                what: "addresses",
+            });
+        }
+        v.addrs = Some(addrs);
         Ok(())
     }
 
@@ -453,8 +482,10 @@ impl VhostUserBackendReqHandlerMut for BlockBackend {
     }
 
     fn get_vring_base(&mut self, index: u32) -> vhost::vhost_user::Result<VhostUserVringState> {
-        let (i, vring) = answer(self.vring(index))?;
-        let vring = vring.clone();
+        let (i, vring) = match self.vring(index) {
+            Ok((i, vring)) => (i, vring.clone()),
+            Err(e) => return self.refuse_unanswered(e),
+        };
         // Stopping the thread waits for its batch; after it every chain taken is used.
         self.workers[i] = None;
         let mut v = lock(&vring);
@@ -476,6 +507,14 @@ impl VhostUserBackendReqHandlerMut for BlockBackend {
         let kick = answer(fd.ok_or(Error::NoKick { index: index32 }))?;
         answer(eventfd(&kick, "kick", index32))?;
         self.workers[i] = None;
+        {
+            // A new kick for a started ring: it goes on from where it is, rather than from
+            // the base it started at (which would serve every chain since again).
+            let mut v = lock(&vring);
+            if v.queue.ready() {
+                v.base = v.queue.next_avail();
+            }
+        }
         let table = answer(self.table.as_ref().ok_or(Error::NoMemory {
             what: "starting a vring",
         }))?;
@@ -597,7 +636,7 @@ impl VhostUserBackendReqHandlerMut for BlockBackend {
         &mut self,
         _inflight: &VhostUserInflight,
     ) -> vhost::vhost_user::Result<(VhostUserInflight, File)> {
-        refuse(Error::Unsupported("GET_INFLIGHT_FD"))
+        self.refuse_unanswered(Error::Unsupported("GET_INFLIGHT_FD"))
     }
 
     fn set_inflight_fd(
@@ -656,12 +695,14 @@ impl VhostUserBackendReqHandlerMut for BlockBackend {
     }
 
     fn get_shmem_config(&mut self) -> vhost::vhost_user::Result<VhostUserShMemConfig> {
-        refuse(Error::Unsupported("GET_SHMEM_CONFIG"))
+        self.refuse_unanswered(Error::Unsupported("GET_SHMEM_CONFIG"))
     }
 
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> vhost::vhost_user::Result<()> {
-        let dirty =
-            answer(DirtyLog::new(file, log.mmap_size, log.mmap_offset).map_err(Error::from))?;
+        let dirty = match DirtyLog::new(file, log.mmap_size, log.mmap_offset) {
+            Ok(dirty) => dirty,
+            Err(e) => return self.refuse_unanswered(e.into()),
+        };
         self.log = Some(Arc::new(dirty));
         self.set_log_on_vrings();
         Ok(())
@@ -705,8 +746,16 @@ pub fn serve_connection(stream: UnixStream, backend: Arc<Mutex<BlockBackend>>) -
     let error = loop {
         match handler.handle_request() {
             Ok(()) => {}
-            // Our own refusal: answered (with REPLY_ACK) and logged; the connection goes on.
-            Err(vhost::vhost_user::Error::ReqHandlerError(_)) => refused += 1,
+            // Our own refusal: answered (with REPLY_ACK) and logged; the connection goes on,
+            // unless it was one that `vhost` cannot answer.
+            Err(e @ vhost::vhost_user::Error::ReqHandlerError(_)) => {
+                refused += 1;
+                let hang_up =
+                    std::mem::take(&mut backend.lock().unwrap_or_else(|p| p.into_inner()).hang_up);
+                if hang_up {
+                    break e;
+                }
+            }
             Err(e) => break e,
         }
     };

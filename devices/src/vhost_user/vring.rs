@@ -108,11 +108,12 @@ impl Vring {
                 }
                 used = true;
             }
-            if let (Some(log), Some(at)) = (&log, self.addrs.and_then(|a| a.log)) {
-                // The used ring: flags, index, the elements and avail_event.
-                log.mark(at, 6 + 8 * u64::from(self.queue.size()));
-            }
             if used {
+                if let (Some(log), Some(at)) = (&log, self.addrs.and_then(|a| a.log)) {
+                    // The used ring: flags, index, the elements and avail_event. A pass that
+                    // took no chain wrote none of it, and marks nothing.
+                    log.mark(at, 6 + 8 * u64::from(self.queue.size()));
+                }
                 match self.queue.needs_notification(&mem) {
                     Ok(true) => self.signal_call(),
                     Ok(false) => {}
