@@ -3,7 +3,8 @@
 
 //! The virtio-blk device (virtio 1.x, 5.2) over a disk file: [`BlockDisk`] serves one request
 //! chain at a time, reading into guest memory in place (`preadv` on the guest's buffers) and
-//! writing through a bounce buffer (see [`write_bounced`] for the measurement behind it).
+//! writing through a per-thread bounce buffer: `pwritev` straight from the frontend's memfd
+//! pages measured at a fifteenth of the speed on Linux 6.18 (see `write_bounced`).
 //!
 //! Every request is checked before the disk is touched: a header shorter than 16 bytes, no
 //! writable byte for the status, data not a whole number of sectors, sectors past the end (in
