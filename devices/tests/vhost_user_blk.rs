@@ -111,7 +111,8 @@ fn le(bytes: &[u8]) -> u64 {
         .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
 }
 
-// GET_CONFIG gives capacity, seg_max, blk_size and num_queues at their virtio offsets.
+// GET_CONFIG gives capacity, size_max, seg_max, blk_size (512: Linux takes it as the logical
+// block size, and partition tables count in 512-byte sectors) and num_queues.
 #[test]
 fn config_space_describes_the_disk() {
     for queues in [1u16, 3] {
@@ -120,11 +121,12 @@ fn config_space_describes_the_disk() {
         let mut conn = Conn::standard(&backend);
         let c = config(&mut conn, 0, 60);
         assert_eq!(le(&c[0..8]), SECTORS, "capacity");
+        assert_eq!(le(&c[8..12]), 64 << 10, "size_max");
         assert_eq!(le(&c[12..16]), u64::from(SEG_MAX), "seg_max");
-        assert_eq!(le(&c[20..24]), 4096, "blk_size");
+        assert_eq!(le(&c[20..24]), 512, "blk_size");
         assert_eq!(le(&c[34..36]), u64::from(queues), "num_queues");
         // A part of it, as a frontend reading one field does.
-        assert_eq!(le(&config(&mut conn, 20, 4)), 4096);
+        assert_eq!(le(&config(&mut conn, 20, 4)), 512);
         assert_eq!(le(&config(&mut conn, 0, 8)), SECTORS);
         assert_eq!(conn.frontend.get_queue_num().unwrap(), u64::from(queues));
         assert_eq!(bit(conn.offered, VIRTIO_BLK_F_MQ), queues > 1);

@@ -661,7 +661,7 @@ fn config_access_outside_the_space_is_refused() {
         .get_config(0, 60, VhostUserConfigFlags::empty(), &[0; 60])
         .unwrap();
     assert_eq!(c[0..8], SECTORS.to_le_bytes());
-    assert_eq!(c[20..24], 4096u32.to_le_bytes());
+    assert_eq!(c[20..24], 512u32.to_le_bytes());
     rig.check_serves(0);
     // GET_CONFIG's refusals are answered by `vhost` itself, not counted as the backend's.
     assert_eq!(refused(rig), 3);

@@ -59,6 +59,15 @@ pub const VIRTIO_BLK_F_MQ: u32 = 12;
 /// The most data segments a request may have (`seg_max`): a chain has at most a queue's
 /// descriptors, two of which are the header and the status.
 pub const SEG_MAX: u32 = 126;
+/// The largest segment (`size_max`, with `VIRTIO_BLK_F_SIZE_MAX`): Linux then makes no
+/// request larger than `SEG_MAX * SIZE_MAX`.
+pub const SIZE_MAX: u32 = 64 << 10;
+/// The most data bytes a request may carry; a larger one (which Linux, told `seg_max` and
+/// `size_max`, never sends) is answered IOERR, so that one request's work is bounded and its
+/// used length fits in 32 bits.
+pub const MAX_REQUEST_BYTES: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+/// Feature bit: `size_max` in the config is valid.
+pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
 
 /// A request's header as the driver lays it out.
 #[repr(C)]
@@ -183,7 +192,10 @@ impl BlockDisk {
         BlockConfig {
             capacity: self.sectors.to_le(),
             seg_max: SEG_MAX.to_le(),
-            blk_size: 4096u32.to_le(),
+            // The logical block size Linux takes: 512, as every disk image's partition table
+            // counts in (4096 made Linux read an MBR's LBAs as 4 KiB blocks).
+            blk_size: 512u32.to_le(),
+            size_max: SIZE_MAX.to_le(),
             num_queues: queues.to_le(),
             ..Default::default()
         }
@@ -233,6 +245,15 @@ impl BlockDisk {
                 (e.status(), 0)
             }
         };
+        // The buffers were checked to be guest memory when the chain was taken.
+        if let Err(e) = mem.write_obj_at_addr_volatile(status, status_addr) {
+            log::error!(
+                "virtio-blk: chain {}: cannot write the status: {e}",
+                chain.head
+            );
+        }
+        // Marked after the writes: a frontend harvesting the log between a mark and the write
+        // it stands for would clear the bit and copy the old byte.
         if let Some(log) = log {
             let mut left = data_written;
             for &(addr, len) in &writable {
@@ -241,13 +262,6 @@ impl BlockDisk {
                 left -= n;
             }
             log.mark(status_addr.0, 1);
-        }
-        // The buffers were checked to be guest memory when the chain was taken.
-        if let Err(e) = mem.write_obj_at_addr_volatile(status, status_addr) {
-            log::error!(
-                "virtio-blk: chain {}: cannot write the status: {e}",
-                chain.head
-            );
         }
         Served {
             // At most a chain's bytes, which fit in u32 for the used ring by construction:
@@ -308,6 +322,9 @@ impl BlockDisk {
     }
 
     fn check_range(&self, sector: u64, len: u64) -> Result<(), Error> {
+        if len > MAX_REQUEST_BYTES {
+            return Err(Error::TooLarge { len });
+        }
         if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::PartialSector { len });
         }
@@ -356,6 +373,12 @@ pub enum Error {
     /// A write to a read-only disk.
     #[error("the disk is read-only")]
     ReadOnly,
+    /// A request with more data than [`MAX_REQUEST_BYTES`].
+    #[error("{len} data bytes are more than a request may carry ({MAX_REQUEST_BYTES})")]
+    TooLarge {
+        /// The request's data bytes.
+        len: u64,
+    },
     /// A request type the device does not know.
     #[error("request type {0} is not supported")]
     Unsupported(u32),

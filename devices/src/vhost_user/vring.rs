@@ -4,9 +4,10 @@
 //! One vring of the backend: the frontend's configuration of it, our [`Queue`] over the
 //! frontend's memory, its eventfds, and the thread that serves it when the frontend kicks.
 //!
-//! The thread serves a kick under the vring's lock, in order and to completion: it takes every
-//! chain the driver offered, serves it, puts it in the used ring, and raises the call eventfd
-//! when the driver wants that. So between two batches every chain taken is used, which is what
+//! The thread serves a kick under the vring's lock, in order, in slices: it takes the chains
+//! the driver offered, serves each, puts it in the used ring, and raises the call eventfd
+//! when the driver wants that; after a slice it lets go of the lock and checks for a stop
+//! before the next. So between two batches every chain taken is used, which is what
 //! lets the frontend stop the ring (`GET_VRING_BASE`) or change the memory table between any
 //! two batches without a request in flight.
 
@@ -24,6 +25,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::blk::BlockDisk;
 use super::log::DirtyLog;
 use crate::virtio::queue::Queue;
+
+/// Bytes of request buffers one slice of [`Vring::serve`] starts at most (the last request
+/// may take it past this by up to [`MAX_REQUEST_BYTES`](super::blk::MAX_REQUEST_BYTES)).
+pub const SLICE_BYTES: u64 = 64 << 20;
 
 /// The frontend's vring addresses, in its own address space.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,52 +83,69 @@ impl Vring {
         }
     }
 
-    /// Serves every chain the driver has offered, if the ring is started and enabled.
-    pub fn serve(&mut self, disk: &BlockDisk) {
+    /// Serves the chains the driver has offered, if the ring is started and enabled, for at
+    /// most one slice of work: one notify's budget of descriptors, or [`SLICE_BYTES`] of
+    /// request buffers, whichever comes first, and not past `stop`. The answer is whether
+    /// chains are left, for the caller to come back to after it has let go of the lock (a
+    /// guest whose requests offer new chains, or whose chains are huge, cannot hold the
+    /// vring, and the frontend's requests that need it, for longer than a slice).
+    pub fn serve(&mut self, disk: &BlockDisk, stop: &AtomicBool) -> bool {
         if !self.queue.ready() || !self.enabled || self.broken {
-            return;
+            return false;
         }
         let Some(mem) = self.mem.clone() else {
-            return;
+            return false;
         };
         let log = self.log.clone();
+        self.queue.begin_notify();
+        let mut used = false;
+        let mut bytes = 0u64;
+        let mut more = false;
         loop {
-            self.queue.begin_notify();
-            let mut used = false;
-            loop {
-                let chain = match self.queue.pop(&mem) {
-                    Ok(Some(chain)) => chain,
-                    Ok(None) => break,
-                    Err(e) => return self.fault(&e),
-                };
-                let (head, len) = match chain {
-                    Ok(chain) => (chain.head, disk.serve(&mem, &chain, log.as_deref()).written),
-                    Err(bad) => {
-                        log::warn!("vhost-user-blk: chain refused: {}", bad.error);
-                        (bad.head, 0)
-                    }
-                };
-                if let Err(e) = self.queue.add_used(&mem, head, len) {
-                    return self.fault(&e);
-                }
-                used = true;
+            if stop.load(Ordering::SeqCst) || bytes >= SLICE_BYTES {
+                more = true;
+                break;
             }
-            if used {
-                if let (Some(log), Some(at)) = (&log, self.addrs.and_then(|a| a.log)) {
-                    // The used ring: flags, index, the elements and avail_event. A pass that
-                    // took no chain wrote none of it, and marks nothing.
-                    log.mark(at, 6 + 8 * u64::from(self.queue.size()));
+            let chain = match self.queue.pop(&mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fault(&e);
+                    return false;
                 }
-                match self.queue.needs_notification(&mem) {
-                    Ok(true) => self.signal_call(),
-                    Ok(false) => {}
-                    Err(e) => return self.fault(&e),
+            };
+            let (head, len) = match chain {
+                Ok(chain) => {
+                    bytes += chain.buffers.iter().map(|b| u64::from(b.len)).sum::<u64>();
+                    (chain.head, disk.serve(&mem, &chain, log.as_deref()).written)
                 }
+                Err(bad) => {
+                    log::warn!("vhost-user-blk: chain refused: {}", bad.error);
+                    (bad.head, 0)
+                }
+            };
+            if let Err(e) = self.queue.add_used(&mem, head, len) {
+                self.fault(&e);
+                return false;
             }
-            if !self.queue.budget_spent() {
-                return;
+            used = true;
+        }
+        if used {
+            if let (Some(log), Some(at)) = (&log, self.addrs.and_then(|a| a.log)) {
+                // The used ring: flags, index, the elements and avail_event. A pass that
+                // took no chain wrote none of it, and marks nothing.
+                log.mark(at, 6 + 8 * u64::from(self.queue.size()));
+            }
+            match self.queue.needs_notification(&mem) {
+                Ok(true) => self.signal_call(),
+                Ok(false) => {}
+                Err(e) => {
+                    self.fault(&e);
+                    return false;
+                }
             }
         }
+        more || self.queue.budget_spent()
     }
 
     fn signal_call(&self) {
@@ -296,7 +318,13 @@ fn run(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        lock(&vring).serve(&disk);
+        let more = lock(&vring).serve(&disk, &stop);
+        if more {
+            // Back to epoll (and the stop flag) before the next slice, without the lock.
+            if let Err(e) = wake.write(1) {
+                log::error!("vhost-user-blk: cannot re-arm the vring's thread: {e}");
+            }
+        }
     }
 }
 
