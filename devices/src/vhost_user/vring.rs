@@ -178,7 +178,9 @@ fn signal(event: &File) {
 
 /// Whether `file` is an eventfd, which a vring's kick, call and err descriptors must be; it is
 /// made non-blocking, so that a counter the frontend fills or drains can never block the
-/// backend.
+/// backend. That flag lives on the file description the frontend shares, so its own reads and
+/// writes of the eventfd become non-blocking too (QEMU's are already); left blocking, a
+/// frontend could stall a vring's thread, and with it every stop that joins the thread.
 pub fn check_eventfd(file: &File) -> std::io::Result<bool> {
     let fd = file.as_raw_fd();
     let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
