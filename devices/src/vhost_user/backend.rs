@@ -403,7 +403,7 @@ impl VhostUserBackendReqHandlerMut for BlockBackend {
             });
         }
         self.acked_features = features;
-        // Without protocol features a ring is enabled as soon as it starts.
+        // LOG_ALL may have changed: running rings start or stop marking the log.
         self.set_log_on_vrings();
         Ok(())
     }
