@@ -10,6 +10,7 @@
 //! and marked cold.
 
 use std::mem::size_of;
+use std::sync::atomic::Ordering;
 
 use base::{MappedRegion, MemoryMapping, VolatileMemoryError, VolatileSlice};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -42,6 +43,33 @@ impl GuestMemory {
     fn locate(&self, addr: GuestAddress) -> Option<(usize, &MemoryRegion, usize)> {
         let (index, _, offset) = self.inner.table.find(addr.0)?;
         Some((index, &self.inner.regions[index], offset as usize))
+    }
+
+    /// Records a write of `addr..addr + len` when tracking is on: on the hot path, one load
+    /// of a flag and a branch that is never taken while tracking is off.
+    #[inline(always)]
+    fn note_written(&self, addr: GuestAddress, len: usize) {
+        if self.inner.tracking.load(Ordering::Relaxed) {
+            self.mark_written(addr, len);
+        }
+    }
+
+    /// Marks the pages of `addr..addr + len`, which the caller has written (so it is guest
+    /// memory), in their regions' bitmaps.
+    #[inline(never)]
+    pub(crate) fn mark_written(&self, addr: GuestAddress, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let page = base::pagesize();
+        // The range was just written, so it is all guest memory and this cannot fail.
+        let _ = self.for_each_chunk(addr, len, |region, offset, n, _| {
+            let first = offset / page;
+            region
+                .dirty
+                .mark_checked(first, (offset + n).div_ceil(page) - first);
+            Ok(())
+        });
     }
 
     /// Checks that `addr..addr + len` is all guest memory, possibly across contiguous
@@ -104,7 +132,9 @@ impl GuestMemory {
     pub fn write_at_addr(&self, buf: &[u8], addr: GuestAddress) -> Result<usize> {
         let (_, region, offset) = self.locate(addr).ok_or(Error::InvalidGuestAddress(addr))?;
         let n = buf.len().min(region.size() - offset);
-        Ok(region.slice(offset, n).copy_from(&buf[..n]))
+        let written = region.slice(offset, n).copy_from(&buf[..n]);
+        self.note_written(addr, written);
+        Ok(written)
     }
 
     /// Fills all of `buf` from `addr`, across contiguous regions, or fails without reading.
@@ -131,6 +161,7 @@ impl GuestMemory {
     pub fn write_all_at_addr(&self, buf: &[u8], addr: GuestAddress) -> Result<()> {
         if let Some(slice) = self.single_region_slice(addr, buf.len()) {
             slice.copy_from(buf);
+            self.note_written(addr, buf.len());
             return Ok(());
         }
         self.write_all_across(buf, addr)
@@ -142,7 +173,9 @@ impl GuestMemory {
         self.for_each_chunk(addr, buf.len(), |region, offset, n, done| {
             region.slice(offset, n).copy_from(&buf[done..done + n]);
             Ok(())
-        })
+        })?;
+        self.note_written(addr, buf.len());
+        Ok(())
     }
 
     /// Reads a `T` at `addr` (unaligned allowed, across contiguous regions). Every naturally
@@ -191,7 +224,13 @@ impl GuestMemory {
         addr: GuestAddress,
     ) -> Result<()> {
         match self.single_region_slice(addr, size_of::<T>()) {
-            Some(slice) => slice.write_obj(val, 0).map_err(|e| volatile_error(addr, e)),
+            Some(slice) => {
+                slice
+                    .write_obj(val, 0)
+                    .map_err(|e| volatile_error(addr, e))?;
+                self.note_written(addr, size_of::<T>());
+                Ok(())
+            }
             None => self.write_obj_across(val.as_bytes(), addr),
         }
     }
@@ -206,7 +245,9 @@ impl GuestMemory {
                 .slice(offset, n)
                 .copy_from_untorn(&bytes[done..done + n]);
             Ok(())
-        })
+        })?;
+        self.note_written(addr, bytes.len());
+        Ok(())
     }
 
     /// Reads a `T` at `addr`, which must be aligned for `T` (and, up to 8 bytes, to its size,
@@ -237,19 +278,22 @@ impl GuestMemory {
         addr: GuestAddress,
     ) -> Result<()> {
         check_volatile_obj::<T>(addr)?;
-        match self.single_region_slice(addr, size_of::<T>()) {
+        let written = match self.single_region_slice(addr, size_of::<T>()) {
             // As in `read_obj_from_addr_volatile`.
-            Some(slice) if size_of::<T>() <= 8 => slice
-                .write_obj_volatile(val, 0)
-                .map_err(|e| volatile_error(addr, e)),
-            Some(slice) => slice.write_obj(val, 0).map_err(|e| volatile_error(addr, e)),
-            None => self.write_obj_across(val.as_bytes(), addr),
-        }
+            Some(slice) if size_of::<T>() <= 8 => slice.write_obj_volatile(val, 0),
+            Some(slice) => slice.write_obj(val, 0),
+            None => return self.write_obj_across(val.as_bytes(), addr),
+        };
+        written.map_err(|e| volatile_error(addr, e))?;
+        self.note_written(addr, size_of::<T>());
+        Ok(())
     }
 
-    /// A slice of `len` bytes at `addr`, which must lie in one region.
+    /// A slice of `len` bytes at `addr`, which must lie in one region. With dirty tracking
+    /// on, its pages are marked as it is handed out, since it may be written through.
     pub fn get_slice_at_addr(&self, addr: GuestAddress, len: usize) -> Result<VolatileSlice<'_>> {
         if let Some(slice) = self.single_region_slice(addr, len) {
+            self.note_written(addr, len);
             return Ok(slice);
         }
         self.check_range(addr, len)?;
@@ -288,7 +332,10 @@ impl GuestMemory {
     pub fn remove_range(&self, addr: GuestAddress, count: u64) -> Result<()> {
         self.region_op(addr, count, "remove_range", |mapping, offset, len| {
             mapping.remove_range(offset, len)
-        })
+        })?;
+        // The pages read zeros now: a snapshot must see them change.
+        self.note_written(addr, count as usize);
+        Ok(())
     }
 
     /// Writes dirty pages of `addr..addr + count` back to their file and waits. Meaningful

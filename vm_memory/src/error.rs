@@ -31,6 +31,24 @@ pub enum Error {
         /// The region's size.
         size: u64,
     },
+    /// Two dirty bitmaps that must cover the same pages do not.
+    #[error("dirty bitmap of {pages} pages cannot merge with one of {other} pages")]
+    DirtyBitmapSizeMismatch {
+        /// Pages of the bitmap asked.
+        pages: usize,
+        /// Pages of the other one.
+        other: usize,
+    },
+    /// Pages to mark reach past the end of a dirty bitmap.
+    #[error("pages {first}+{count} are outside a dirty bitmap of {pages} pages")]
+    DirtyPagesOutOfRange {
+        /// The first page.
+        first: usize,
+        /// How many.
+        count: usize,
+        /// The bitmap's size in pages.
+        pages: usize,
+    },
     /// A backing file, memfd or block device is shorter than the region mapped from it.
     #[error(
         "region at {addr} of {size:#x} bytes needs the file to reach {needed:#x} bytes; it has {file_size:#x}"

@@ -4,6 +4,7 @@
 //! [`GuestMemory`]: the guest's physical RAM layout, how it is built, and what it can say
 //! about itself. The ways to read and write it by guest address are in `access.rs`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use base::{pagesize, MemfdSeals, MemoryMapping, SharedMemory};
@@ -17,6 +18,8 @@ pub(crate) struct Inner {
     pub(crate) table: RegionTable,
     pub(crate) regions: Box<[MemoryRegion]>,
     memory_size: u64,
+    /// Whether writes through this memory mark the regions' dirty bitmaps.
+    pub(crate) tracking: AtomicBool,
 }
 
 /// Guest physical memory: sorted, non-overlapping regions, each a shared mapping of the RAM
@@ -136,6 +139,7 @@ impl GuestMemory {
                 table: RegionTable::new(&entries),
                 regions: regions.into_boxed_slice(),
                 memory_size,
+                tracking: AtomicBool::new(false),
             }),
         }
     }
@@ -247,5 +251,36 @@ impl GuestMemory {
     /// Every region, in address order.
     pub fn memory_regions(&self) -> &[MemoryRegion] {
         &self.inner.regions
+    }
+
+    /// Turns recording of the VMM's own writes on or off, for every clone of this memory.
+    ///
+    /// While it is on, every write made through this `GuestMemory` (the `write_*` calls, and
+    /// [`remove_range`](Self::remove_range)) marks its pages in the region's
+    /// [`dirty_bitmap`](MemoryRegion::dirty_bitmap) after the bytes are written, and
+    /// [`get_slice_at_addr`](Self::get_slice_at_addr) marks the slice's pages when it hands it
+    /// out (so a device writing through a slice must not hold it across a harvest). Writes
+    /// through raw host addresses are the caller's to mark with
+    /// [`mark_dirty`](Self::mark_dirty), and so are writes through vm-memory's traits (feature
+    /// `rust-vmm`), which carry no bitmap. Switch it on before the baseline copy, while no
+    /// other thread writes guest memory: a write racing the switch may go unrecorded.
+    pub fn set_dirty_tracking(&self, on: bool) {
+        self.inner.tracking.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether the VMM's writes are being recorded.
+    pub fn dirty_tracking(&self) -> bool {
+        self.inner.tracking.load(Ordering::SeqCst)
+    }
+
+    /// Marks the pages of `addr..addr + len` (across contiguous regions) as written by the
+    /// VMM, when tracking is on: for writes made through a raw host address. The whole range
+    /// must be guest memory; `len` 0 marks nothing.
+    pub fn mark_dirty(&self, addr: GuestAddress, len: usize) -> Result<()> {
+        self.check_range(addr, len.max(1))?;
+        if self.dirty_tracking() {
+            self.mark_written(addr, len);
+        }
+        Ok(())
     }
 }

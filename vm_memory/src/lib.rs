@@ -14,11 +14,16 @@
 //! site. Bad input, at construction or on access, gets a typed [`Error`] naming the address;
 //! nothing here panics on input.
 //!
+//! With dirty tracking on ([`GuestMemory::set_dirty_tracking`]), every write the VMM makes
+//! through `GuestMemory` marks its pages in the region's [`DirtyBitmap`]; with it off, the
+//! write path pays one predictable branch on a flag it reads anyway.
+//!
 //! With the feature `rust-vmm`, [`GuestMemory`] also implements vm-memory 0.18's
 //! `GuestMemoryBackend` (so `GuestMemory` and `Bytes`, by vm-memory's blanket impls), over our
 //! regions and our lookup: rust-vmm's crates run on it unchanged.
 
 mod access;
+mod dirty;
 mod error;
 mod guest_address;
 mod guest_memory;
@@ -41,6 +46,7 @@ pub use rust_vm_memory;
 #[doc = include_str!("../../docs/guides/rust-vmm.md")]
 struct RustVmmGuide;
 
+pub use dirty::{DirtyBitmap, DirtyRuns};
 pub use error::{Error, Result};
 pub use guest_address::GuestAddress;
 pub use guest_memory::GuestMemory;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use base::{MemoryMapping, MemoryMappingBuilder, SharedMemory, VolatileSlice};
 
-use crate::{Error, GuestAddress, MemoryRegionOptions, Result};
+use crate::{DirtyBitmap, Error, GuestAddress, MemoryRegionOptions, Result};
 
 /// What holds a region's bytes.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ pub struct MemoryRegion {
     pub(crate) backing: RegionBacking,
     pub(crate) backing_offset: u64,
     pub(crate) options: MemoryRegionOptions,
+    /// Pages the VMM wrote while tracking was on (see `GuestMemory::set_dirty_tracking`).
+    pub(crate) dirty: DirtyBitmap,
     /// The backing as vm-memory's `FileOffset`, made when first asked for.
     #[cfg(feature = "rust-vmm")]
     pub(crate) file_offset: std::sync::OnceLock<rust_vm_memory::FileOffset>,
@@ -115,6 +117,12 @@ impl MemoryRegion {
     /// The options the region was made with.
     pub fn options(&self) -> &MemoryRegionOptions {
         &self.options
+    }
+
+    /// The pages of this region that the VMM wrote through its `GuestMemory` while dirty
+    /// tracking was on, and not yet harvested.
+    pub fn dirty_bitmap(&self) -> &DirtyBitmap {
+        &self.dirty
     }
 
     /// The end address as a number (regions never pass the end of the address space).
@@ -206,6 +214,7 @@ pub(crate) fn map_region(
         backing,
         backing_offset,
         options,
+        dirty: DirtyBitmap::new(size as usize / base::pagesize()),
         #[cfg(feature = "rust-vmm")]
         file_offset: std::sync::OnceLock::new(),
     })

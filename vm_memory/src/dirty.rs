@@ -1,0 +1,407 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! [`DirtyBitmap`]: one bit a page, in atomic 64-bit words, with a summary bit per word so
+//! that finding, moving and clearing the dirty pages costs what the dirty pages cost, not
+//! what the memory size costs.
+//!
+//! `GuestMemory` keeps one per region for the writes the VMM itself makes (see
+//! [`GuestMemory::set_dirty_tracking`](crate::GuestMemory::set_dirty_tracking)); a harvester
+//! moves the bits out with [`DirtyBitmap::move_into`] and copies the pages afterwards.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+use crate::{Error, Result};
+
+/// Pages a word of the bitmap covers.
+const WORD_PAGES: usize = 64;
+
+/// A page bitmap that any number of threads mark at once, with a summary level: bit `w` of
+/// the summary is set whenever word `w` may hold a set bit.
+///
+/// Marks are sequentially consistent read-modify-writes, word then summary, and a harvest
+/// swaps summary then words: so a page whose bytes were written before its mark is either
+/// seen by a harvest that runs after the mark, or left marked for the next one. Writers mark
+/// *after* they write, harvesters copy *after* they move the bits.
+///
+/// ```
+/// use vm_memory::DirtyBitmap;
+/// let bitmap = DirtyBitmap::new(1000);
+/// bitmap.mark_pages(3, 2).unwrap();
+/// bitmap.mark_pages(64, 1).unwrap();
+/// assert!(bitmap.is_dirty(4));
+/// assert_eq!(bitmap.runs().collect::<Vec<_>>(), [(3, 2), (64, 1)]);
+/// let mut harvested = DirtyBitmap::new(1000);
+/// bitmap.move_into(&mut harvested).unwrap();
+/// assert_eq!(bitmap.count(), 0);
+/// assert_eq!(harvested.count(), 3);
+/// ```
+#[derive(Debug)]
+pub struct DirtyBitmap {
+    words: Box<[AtomicU64]>,
+    summary: Box<[AtomicU64]>,
+    pages: usize,
+}
+
+impl DirtyBitmap {
+    /// A clean bitmap of `pages` pages.
+    pub fn new(pages: usize) -> DirtyBitmap {
+        let words = pages.div_ceil(WORD_PAGES);
+        let summary = words.div_ceil(64);
+        DirtyBitmap {
+            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            summary: (0..summary).map(|_| AtomicU64::new(0)).collect(),
+            pages,
+        }
+    }
+
+    /// How many pages the bitmap covers.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Checks that `first..first + count` is inside the bitmap.
+    fn check(&self, first: usize, count: usize) -> Result<()> {
+        match first.checked_add(count) {
+            Some(end) if end <= self.pages => Ok(()),
+            _ => Err(Error::DirtyPagesOutOfRange {
+                first,
+                count,
+                pages: self.pages,
+            }),
+        }
+    }
+
+    /// Marks pages `first..first + count` dirty. A range that is not inside the bitmap is
+    /// refused whole.
+    pub fn mark_pages(&self, first: usize, count: usize) -> Result<()> {
+        self.check(first, count)?;
+        self.mark_checked(first, count);
+        Ok(())
+    }
+
+    /// Marks pages the caller has checked are inside the bitmap.
+    pub(crate) fn mark_checked(&self, first: usize, count: usize) {
+        for_each_word(first, count, |w, mask| {
+            self.words[w].fetch_or(mask, SeqCst);
+            let (s, bit) = (w / 64, 1u64 << (w % 64));
+            // A plain load first: the summary word is shared by 4,096 pages, and a locked
+            // operation on it from every writer would make it bounce between CPUs.
+            if self.summary[s].load(SeqCst) & bit == 0 {
+                self.summary[s].fetch_or(bit, SeqCst);
+            }
+        });
+    }
+
+    /// Marks pages `first..first + count` through an exclusive borrow, with plain loads and
+    /// stores: for a harvester filling its own bitmap.
+    pub fn mark_pages_mut(&mut self, first: usize, count: usize) -> Result<()> {
+        self.check(first, count)?;
+        let (words, summary) = (&mut self.words, &mut self.summary);
+        for_each_word(first, count, |w, mask| {
+            *words[w].get_mut() |= mask;
+            *summary[w / 64].get_mut() |= 1 << (w % 64);
+        });
+        Ok(())
+    }
+
+    /// Whether `page` is marked (false past the end).
+    pub fn is_dirty(&self, page: usize) -> bool {
+        page < self.pages && self.words[page / WORD_PAGES].load(SeqCst) & (1 << (page % 64)) != 0
+    }
+
+    /// How many pages are marked.
+    pub fn count(&self) -> usize {
+        self.dirty_words()
+            .map(|w| self.words[w].load(SeqCst).count_ones() as usize)
+            .sum()
+    }
+
+    /// Whether no page is marked.
+    pub fn is_clean(&self) -> bool {
+        self.summary.iter().all(|s| s.load(SeqCst) == 0)
+    }
+
+    /// The indices of the words whose summary bit is set, in order.
+    fn dirty_words(&self) -> impl Iterator<Item = usize> + '_ {
+        self.summary
+            .iter()
+            .enumerate()
+            .flat_map(|(s, word)| BitIter(word.load(SeqCst)).map(move |bit| s * 64 + bit as usize))
+    }
+
+    /// Moves every mark into `into` (ORed into what it holds) and clears it here, one word at
+    /// a time, atomically per word: a page marked meanwhile ends up in one of the two. The
+    /// bitmaps must cover the same number of pages.
+    pub fn move_into(&self, into: &mut DirtyBitmap) -> Result<()> {
+        if into.pages != self.pages {
+            return Err(Error::DirtyBitmapSizeMismatch {
+                pages: self.pages,
+                other: into.pages,
+            });
+        }
+        for (s, summary) in self.summary.iter().enumerate() {
+            let mut bits = summary.swap(0, SeqCst);
+            if bits == 0 {
+                continue;
+            }
+            *into.summary[s].get_mut() |= bits;
+            while bits != 0 {
+                let w = s * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                *into.words[w].get_mut() |= self.words[w].swap(0, SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears every mark, at the cost of the marked words.
+    pub fn clear(&mut self) {
+        for (s, summary) in self.summary.iter_mut().enumerate() {
+            let mut bits = std::mem::take(summary.get_mut());
+            while bits != 0 {
+                *self.words[s * 64 + bits.trailing_zeros() as usize].get_mut() = 0;
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    /// The marked pages as runs of `(first page, count)`, in order, contiguous runs merged
+    /// (also across words). Marks made meanwhile may or may not be seen.
+    pub fn runs(&self) -> DirtyRuns<'_> {
+        DirtyRuns {
+            bitmap: self,
+            summary_index: 0,
+            summary_bits: self.summary.first().map_or(0, |s| s.load(SeqCst)),
+            word_index: 0,
+            word_bits: 0,
+            ahead: None,
+        }
+    }
+}
+
+/// Calls `f(word, mask)` for each word that `first..first + count` touches (count may be 0).
+#[inline]
+fn for_each_word(first: usize, count: usize, mut f: impl FnMut(usize, u64)) {
+    let mut page = first;
+    let end = first + count;
+    while page < end {
+        let bit = page % WORD_PAGES;
+        let n = (WORD_PAGES - bit).min(end - page);
+        let mask = if n == WORD_PAGES {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << bit
+        };
+        f(page / WORD_PAGES, mask);
+        page += n;
+    }
+}
+
+/// The set bits of a word, lowest first.
+struct BitIter(u64);
+
+impl Iterator for BitIter {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.0 == 0 {
+            return None;
+        }
+        let bit = self.0.trailing_zeros();
+        self.0 &= self.0 - 1;
+        Some(bit)
+    }
+}
+
+/// The iterator of [`DirtyBitmap::runs`].
+#[derive(Debug)]
+pub struct DirtyRuns<'a> {
+    bitmap: &'a DirtyBitmap,
+    summary_index: usize,
+    /// Summary bits of `summary_index` not yet visited.
+    summary_bits: u64,
+    /// The word being walked, and its bits not yet handed out.
+    word_index: usize,
+    word_bits: u64,
+    /// A piece read ahead that did not join the previous run.
+    ahead: Option<(usize, usize)>,
+}
+
+impl DirtyRuns<'_> {
+    /// The next run of marked pages inside one word, or `None`.
+    fn next_piece(&mut self) -> Option<(usize, usize)> {
+        while self.word_bits == 0 {
+            while self.summary_bits == 0 {
+                self.summary_index += 1;
+                self.summary_bits = self.bitmap.summary.get(self.summary_index)?.load(SeqCst);
+            }
+            let bit = self.summary_bits.trailing_zeros() as usize;
+            self.summary_bits &= self.summary_bits - 1;
+            self.word_index = self.summary_index * 64 + bit;
+            self.word_bits = self.bitmap.words[self.word_index].load(SeqCst);
+        }
+        let start = self.word_bits.trailing_zeros();
+        let ones = (self.word_bits >> start).trailing_ones();
+        // `start + ones` is at most 64; a shift by 64 must not be asked of the CPU.
+        let mask = u64::MAX.checked_shl(ones).map_or(u64::MAX, |m| !m) << start;
+        self.word_bits &= !mask;
+        Some((self.word_index * WORD_PAGES + start as usize, ones as usize))
+    }
+}
+
+impl Iterator for DirtyRuns<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let (first, mut count) = self.ahead.take().or_else(|| self.next_piece())?;
+        while let Some((next, n)) = self.next_piece() {
+            if next != first + count {
+                self.ahead = Some((next, n));
+                break;
+            }
+            count += n;
+        }
+        Some((first, count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(b: &DirtyBitmap) -> Vec<(usize, usize)> {
+        b.runs().collect()
+    }
+
+    #[test]
+    fn runs_merge_across_words_and_summary_words() {
+        let b = DirtyBitmap::new(64 * 64 * 3);
+        b.mark_pages(60, 10).unwrap(); // crosses word 0 -> 1
+        b.mark_pages(64 * 64 - 2, 5).unwrap(); // crosses summary word 0 -> 1
+        b.mark_pages(200, 64 * 2).unwrap(); // two whole words and pieces
+        b.mark_pages(64 * 64 * 3 - 1, 1).unwrap(); // the last page
+        assert_eq!(
+            runs(&b),
+            [(60, 10), (200, 128), (64 * 64 - 2, 5), (64 * 64 * 3 - 1, 1)]
+        );
+        assert_eq!(b.count(), 10 + 128 + 5 + 1);
+    }
+
+    #[test]
+    fn runs_match_a_plain_model_on_random_marks() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for pages in [1, 63, 64, 65, 4095, 4096, 4097, 9000] {
+            for _ in 0..50 {
+                let b = DirtyBitmap::new(pages);
+                let mut model = vec![false; pages];
+                for _ in 0..(rand() % 20) {
+                    let first = (rand() as usize) % pages;
+                    let count = ((rand() as usize) % 200).min(pages - first);
+                    b.mark_pages(first, count).unwrap();
+                    model[first..first + count].fill(true);
+                }
+                let mut expected = Vec::new();
+                let mut i = 0;
+                while i < pages {
+                    if model[i] {
+                        let start = i;
+                        while i < pages && model[i] {
+                            i += 1;
+                        }
+                        expected.push((start, i - start));
+                    } else {
+                        i += 1;
+                    }
+                }
+                assert_eq!(runs(&b), expected, "{pages} pages");
+                assert_eq!(b.count(), model.iter().filter(|d| **d).count());
+                for (p, d) in model.iter().enumerate() {
+                    assert_eq!(b.is_dirty(p), *d);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_marks_are_refused_whole() {
+        let b = DirtyBitmap::new(100);
+        for (first, count) in [(100, 1), (99, 2), (usize::MAX, 1), (1, usize::MAX)] {
+            let err = b.mark_pages(first, count).unwrap_err();
+            assert!(
+                matches!(err, Error::DirtyPagesOutOfRange { first: f, count: c, pages: 100 } if f == first && c == count),
+                "{err}"
+            );
+        }
+        assert!(b.is_clean());
+        // Zero pages, anywhere inside, mark nothing.
+        b.mark_pages(100, 0).unwrap();
+        assert!(b.is_clean());
+        assert!(!b.is_dirty(100) && !b.is_dirty(usize::MAX));
+        let mut other = DirtyBitmap::new(101);
+        let err = b.move_into(&mut other).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::DirtyBitmapSizeMismatch {
+                pages: 100,
+                other: 101
+            }
+        ));
+        let mut b = b;
+        assert!(matches!(
+            b.mark_pages_mut(50, 51),
+            Err(Error::DirtyPagesOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn move_into_merges_and_clear_empties() {
+        let b = DirtyBitmap::new(5000);
+        let mut into = DirtyBitmap::new(5000);
+        into.mark_pages_mut(10, 1).unwrap();
+        b.mark_pages(11, 1).unwrap();
+        b.mark_pages(4999, 1).unwrap();
+        b.move_into(&mut into).unwrap();
+        assert!(b.is_clean());
+        assert_eq!(runs(&into), [(10, 2), (4999, 1)]);
+        into.clear();
+        assert!(into.is_clean());
+        assert_eq!(into.count(), 0);
+        assert!(runs(&into).is_empty());
+    }
+
+    #[test]
+    fn no_mark_is_lost_to_a_concurrent_move() {
+        // Writers mark pages while a harvester moves bits out: every mark lands in exactly
+        // one harvest or in what is left at the end.
+        let b = DirtyBitmap::new(64 * 64 * 2);
+        let mut harvested = DirtyBitmap::new(b.pages());
+        let marks = 20_000usize;
+        std::thread::scope(|scope| {
+            for t in 0..2 {
+                let b = &b;
+                scope.spawn(move || {
+                    for i in 0..marks {
+                        b.mark_pages((i * 7 + t * 4096) % b.pages(), 1).unwrap();
+                    }
+                });
+            }
+            for _ in 0..200 {
+                b.move_into(&mut harvested).unwrap();
+            }
+        });
+        b.move_into(&mut harvested).unwrap();
+        for t in 0..2 {
+            for i in 0..marks {
+                let page = (i * 7 + t * 4096) % b.pages();
+                assert!(harvested.is_dirty(page), "page {page} lost");
+            }
+        }
+    }
+}
