@@ -388,6 +388,24 @@ impl Vm for FailingMsync {
     fn get_dirty_log(&self, slot: hypervisor::MemSlot, log: &mut [u8]) -> hypervisor::Result<()> {
         self.inner.get_dirty_log(slot, log)
     }
+    fn dirty_log_mode(&self) -> hypervisor::DirtyLogMode {
+        self.inner.dirty_log_mode()
+    }
+    fn harvest_dirty_log(&self) -> hypervisor::Result<hypervisor::DirtyHarvest<'_>> {
+        self.inner.harvest_dirty_log()
+    }
+    fn with_slot_memory(
+        &self,
+        slot: hypervisor::MemSlot,
+        offset: usize,
+        size: usize,
+        f: &mut dyn FnMut(base::VolatileSlice<'_>) -> std::io::Result<()>,
+    ) -> hypervisor::Result<()> {
+        self.inner.with_slot_memory(slot, offset, size, f)
+    }
+    fn memory_slots(&self) -> Vec<hypervisor::SlotInfo> {
+        self.inner.memory_slots()
+    }
     fn add_fd_mapping(
         &self,
         slot: hypervisor::MemSlot,

@@ -57,6 +57,28 @@ pub enum Error {
         /// The slot.
         slot: MemSlot,
     },
+    /// A vCPU's dirty ring could not be mapped.
+    #[error("failed to map the dirty ring of vCPU {id}: {source}")]
+    DirtyRingMapping {
+        /// The vCPU.
+        id: usize,
+        /// What the mapping answered.
+        source: base::mmap::Error,
+    },
+    /// A dirty ring size the kernel cannot take: not a power of two, or past its maximum.
+    #[error("a dirty ring of {entries} entries is not a power of two from 1024 to {max}")]
+    DirtyRingSize {
+        /// The entries asked for.
+        entries: u32,
+        /// The kernel's maximum (0 when it has no dirty ring).
+        max: u32,
+    },
+    /// KVM says a vCPU's dirty ring is full, twice, with nothing in it to take.
+    #[error("vCPU {id}'s dirty ring stays full with no entries to collect")]
+    DirtyRingStuck {
+        /// The vCPU.
+        id: usize,
+    },
     /// A GSI past those the irqchip routes.
     #[error("GSI {gsi} is out of range: the irqchip routes GSIs below {limit}")]
     GsiOutOfRange {
@@ -68,6 +90,10 @@ pub enum Error {
     /// Guest memory refused an operation.
     #[error("guest memory: {0}")]
     GuestMemory(#[from] vm_memory::Error),
+    /// A dirty-page harvest is alive: it holds the pages until it is committed or dropped,
+    /// and this call needs them.
+    #[error("a dirty page harvest is in progress: commit or drop it first")]
+    HarvestInProgress,
     /// A KVM ioctl failed.
     #[error("{op} ({detail}) failed: {source}")]
     Ioctl {
@@ -174,6 +200,16 @@ pub enum Error {
         /// The kernel's limit.
         limit: u32,
     },
+    /// What a caller did with a slot's memory failed.
+    #[error("slot {slot} at {offset:#x}: {source}")]
+    SlotMemoryAccess {
+        /// The slot.
+        slot: MemSlot,
+        /// Where in the slot the access started.
+        offset: usize,
+        /// What the caller reported.
+        source: std::io::Error,
+    },
     /// The new slot overlaps a live one.
     #[error(
         "slot at {guest_addr} of {size:#x} bytes overlaps slot {slot} at {slot_addr} of {slot_size:#x} bytes"
@@ -263,6 +299,7 @@ impl Error {
             Error::BootRamSlot { .. } => libc::EPERM,
             Error::AddressOverflow { .. } => libc::EOVERFLOW,
             Error::SlotRange { .. } => libc::ERANGE,
+            Error::SlotMemoryAccess { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::ApiVersion { .. } => libc::ENOSYS,
             Error::DirtyLogNotEnabled { .. }
             | Error::NoPendingRead
@@ -271,7 +308,12 @@ impl Error {
             | Error::NotPageAligned { .. }
             | Error::WrongDataSize { .. }
             | Error::ZeroSize { .. } => libc::EINVAL,
-            Error::VcpuRunMapping { source, .. } => source.errno(),
+            Error::VcpuRunMapping { source, .. } | Error::DirtyRingMapping { source, .. } => {
+                source.errno()
+            }
+            Error::DirtyRingSize { .. } => libc::EINVAL,
+            Error::DirtyRingStuck { .. } => libc::EIO,
+            Error::HarvestInProgress => libc::EBUSY,
         }
     }
 }

@@ -11,16 +11,35 @@
 //! is never held across a blocking `msync` or `madvise`; and dirty logging works for boot RAM
 //! slots too, into a caller's buffer, without allocating.
 
+mod dirty;
 mod error;
 pub mod kvm;
 
-use base::{AsRawDescriptor, MappedRegion, Protection};
+use base::{AsRawDescriptor, MappedRegion, Protection, VolatileSlice};
 use vm_memory::{GuestAddress, GuestMemory};
 
+pub use dirty::{DirtyHarvest, DirtyLogMode, DirtyRun};
 pub use error::{Error, Result};
 
 /// A memory slot number. Boot RAM region `i` of the VM's [`GuestMemory`] is slot `i`.
 pub type MemSlot = u32;
+
+/// What a slot is, as [`Vm::memory_slots`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// The slot's number.
+    pub slot: MemSlot,
+    /// Guest physical address of its first byte.
+    pub guest_addr: GuestAddress,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+    /// Whether it logs dirty pages.
+    pub dirty_logging: bool,
+    /// Whether it is a region of the VM's boot RAM (`GuestMemory`).
+    pub boot_ram: bool,
+}
 
 /// How the guest may cache a memory region.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +63,8 @@ pub enum VmCap {
     DirtyLog,
     /// Dirty logs that userspace clears itself (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`).
     ManualDirtyLogProtect,
+    /// Per-vCPU dirty rings with acquire/release ordering (`KVM_CAP_DIRTY_LOG_RING_ACQ_REL`).
+    DirtyLogRing,
     /// `immediate_exit` in the run structure (`KVM_CAP_IMMEDIATE_EXIT`).
     ImmediateExit,
     /// Memory fault exits naming the guest address (`KVM_CAP_MEMORY_FAULT_INFO`).
@@ -113,6 +134,10 @@ pub enum VcpuExit {
     },
     /// A signal interrupted the run; run again.
     Intr,
+    /// The vCPU's dirty ring is full and cannot be emptied while a [`DirtyHarvest`] is
+    /// alive: commit or drop it, then run again. (With no harvest alive, a full ring is
+    /// emptied inside [`Vcpu::run`] and never seen.)
+    DirtyRingFull,
     /// An exit this crate does not decode, with KVM's reason number.
     Unknown(u32),
 }
@@ -166,12 +191,37 @@ pub trait Vm: Send + Sync {
     /// memory back.
     fn remove_memory_region(&self, slot: MemSlot) -> Result<Box<dyn MappedRegion>>;
 
-    /// Turns dirty page logging of a slot (boot RAM included) on or off.
+    /// Turns dirty page logging of a slot (boot RAM included) on or off. A slot whose logging
+    /// starts has every page dirty: its first harvest is the baseline copy.
     fn set_dirty_logging(&self, slot: MemSlot, enable: bool) -> Result<()>;
 
-    /// Copies the slot's dirty bitmap (one bit a page, see [`dirty_log_bitmap_size`]) into
-    /// `dirty_log` and clears it in the kernel.
+    /// Copies the slot's dirty pages (one bit a page, see [`dirty_log_bitmap_size`]), from
+    /// the hypervisor and, for boot RAM, from the VMM's writes, into `dirty_log` and forgets
+    /// them. Right after logging starts that is every page.
     fn get_dirty_log(&self, slot: MemSlot, dirty_log: &mut [u8]) -> Result<()>;
+
+    /// How the hypervisor reports the pages the guest dirties.
+    fn dirty_log_mode(&self) -> DirtyLogMode;
+
+    /// Collects the dirty pages of every logged slot, from the hypervisor and from the VMM's
+    /// writes through boot RAM's `GuestMemory`, and hands them out until the harvest is
+    /// committed; see [`DirtyHarvest`]. Refused with [`Error::HarvestInProgress`] while
+    /// another harvest is alive.
+    fn harvest_dirty_log(&self) -> Result<DirtyHarvest<'_>>;
+
+    /// Runs `f` on `offset..offset + size` of a slot's memory (boot RAM or added), range
+    /// checked: how a snapshot reads the pages of a harvest, and how a restore writes them.
+    /// A removal of the slot waits until `f` is done.
+    fn with_slot_memory(
+        &self,
+        slot: MemSlot,
+        offset: usize,
+        size: usize,
+        f: &mut dyn FnMut(VolatileSlice<'_>) -> std::io::Result<()>,
+    ) -> Result<()>;
+
+    /// The live slots, by number.
+    fn memory_slots(&self) -> Vec<SlotInfo>;
 
     /// Maps `size` bytes of `fd` from `fd_offset` at `offset` into the slot's arena.
     fn add_fd_mapping(

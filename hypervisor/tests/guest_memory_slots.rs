@@ -166,6 +166,10 @@ fn dirty_log_sees_exactly_the_pages_the_guest_wrote() {
             MemCacheType::CacheCoherent,
         )
         .unwrap();
+    // Logging starts with every page dirty: the baseline, taken before the guest runs.
+    let baseline = vm.harvest_dirty_log().unwrap();
+    assert_eq!(baseline.pages(), 16 + 32);
+    baseline.commit();
     assert_eq!(run(&mut vcpu), VcpuExit::Hlt);
 
     let mut boot_log = vec![0u8; dirty_log_bitmap_size(16 * P as usize)];

@@ -105,6 +105,33 @@ impl DirtyBitmap {
         Ok(())
     }
 
+    /// ORs `words` into this bitmap through an exclusive borrow: a bitmap in the layout of
+    /// `KVM_GET_DIRTY_LOG`, where bit `i` of word `w` is page `64 * w + i`. A bit past the
+    /// last page is refused, and then nothing is marked.
+    pub fn or_words_mut(&mut self, words: &[u64]) -> Result<()> {
+        let too_many = words.len() > self.words.len();
+        let last_extra = match (words.len().checked_sub(1), self.pages % WORD_PAGES) {
+            (Some(last), bits) if last + 1 == self.words.len() && bits != 0 => {
+                words[last] >> bits != 0
+            }
+            _ => false,
+        };
+        if too_many || last_extra {
+            return Err(Error::DirtyPagesOutOfRange {
+                first: 0,
+                count: words.len() * WORD_PAGES,
+                pages: self.pages,
+            });
+        }
+        for (w, &bits) in words.iter().enumerate() {
+            if bits != 0 {
+                *self.words[w].get_mut() |= bits;
+                *self.summary[w / 64].get_mut() |= 1 << (w % 64);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `page` is marked (false past the end).
     pub fn is_dirty(&self, page: usize) -> bool {
         page < self.pages && self.words[page / WORD_PAGES].load(SeqCst) & (1 << (page % 64)) != 0
@@ -358,6 +385,26 @@ mod tests {
             b.mark_pages_mut(50, 51),
             Err(Error::DirtyPagesOutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn kvm_words_are_ored_in_and_bits_past_the_end_refused() {
+        let mut b = DirtyBitmap::new(100);
+        b.or_words_mut(&[0b1010, 1 << 35]).unwrap();
+        assert_eq!(b.runs().collect::<Vec<_>>(), [(1, 1), (3, 1), (99, 1)]);
+        // Page 100 does not exist; three words are more than 100 pages have.
+        for words in [&[0, 1 << 36][..], &[0, 0, 0]] {
+            let err = b.or_words_mut(words).unwrap_err();
+            assert!(
+                matches!(err, Error::DirtyPagesOutOfRange { pages: 100, .. }),
+                "{err}"
+            );
+        }
+        assert_eq!(b.count(), 3);
+        b.or_words_mut(&[]).unwrap();
+        let mut exact = DirtyBitmap::new(128);
+        exact.or_words_mut(&[0, u64::MAX]).unwrap();
+        assert_eq!(exact.runs().collect::<Vec<_>>(), [(64, 64)]);
     }
 
     #[test]

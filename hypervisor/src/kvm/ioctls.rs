@@ -6,10 +6,13 @@
 
 #![allow(missing_docs)]
 
-use kvm_bindings::{kvm_dirty_log, kvm_irq_level, kvm_irqfd, kvm_userspace_memory_region};
+use kvm_bindings::{
+    kvm_clear_dirty_log, kvm_dirty_log, kvm_enable_cap, kvm_irq_level, kvm_irqfd,
+    kvm_userspace_memory_region,
+};
 #[cfg(target_arch = "x86_64")]
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 const KVMIO: u32 = 0xAE;
 
@@ -29,6 +32,9 @@ ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
 ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
 ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+ioctl_iow_nr!(KVM_ENABLE_CAP, KVMIO, 0xa3, kvm_enable_cap);
+ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+ioctl_io_nr!(KVM_RESET_DIRTY_RINGS, KVMIO, 0xc7);
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 #[cfg(target_arch = "x86_64")]
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);

@@ -4,6 +4,7 @@
 //! The KVM backend: [`Kvm`] (the `/dev/kvm` handle), [`KvmVm`] (a VM and its memory slots)
 //! and [`KvmVcpu`].
 
+mod dirty;
 mod ioctls;
 mod irq;
 mod kick;
@@ -16,22 +17,29 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use base::{AsRawDescriptor, ExternalMapping, MappedRegion, MemoryMappingBuilder, Protection};
+use base::{
+    AsRawDescriptor, ExternalMapping, MappedRegion, MemoryMappingBuilder, Protection, VolatileSlice,
+};
 use kvm_bindings::{
-    kvm_dirty_log, kvm_userspace_memory_region, KVM_CAP_IMMEDIATE_EXIT,
-    KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_CAP_MEMORY_FAULT_INFO, KVM_CAP_NR_MEMSLOTS,
-    KVM_CAP_READONLY_MEM, KVM_CAP_USER_MEMORY, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+    kvm_userspace_memory_region, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+    KVM_CAP_MEMORY_FAULT_INFO, KVM_CAP_NR_MEMSLOTS, KVM_CAP_READONLY_MEM, KVM_CAP_USER_MEMORY,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
 };
 use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_ref, ioctl_with_val};
 
+use self::dirty::KvmDirtyLog;
+pub use self::dirty::{DEFAULT_RING_ENTRIES, MIN_RING_ENTRIES};
 use self::ioctls::*;
 use self::irq::IrqState;
 pub use self::irq::IRQCHIP_GSIS;
 pub use self::kick::VcpuKicker;
 use self::slots::{Slot, SlotMemory, SlotTable};
 pub use self::vcpu::KvmVcpu;
-use crate::{dirty_log_bitmap_size, Error, Hypervisor, MemCacheType, MemSlot, Result, Vm, VmCap};
+use crate::{
+    DirtyHarvest, DirtyLogMode, Error, Hypervisor, MemCacheType, MemSlot, Result, SlotInfo, Vm,
+    VmCap,
+};
 
 /// Where KVM on Intel keeps the real-mode TSS: three pages just below the 4 GiB boundary's
 /// firmware area, which guest RAM layouts leave free.
@@ -52,6 +60,7 @@ fn cap_number(cap: VmCap) -> u32 {
         VmCap::UserMemory | VmCap::DirtyLog => KVM_CAP_USER_MEMORY,
         VmCap::ReadOnlyMemory => KVM_CAP_READONLY_MEM,
         VmCap::ManualDirtyLogProtect => KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+        VmCap::DirtyLogRing => kvm_bindings::KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
         VmCap::ImmediateExit => KVM_CAP_IMMEDIATE_EXIT,
         VmCap::MemoryFaultInfo => KVM_CAP_MEMORY_FAULT_INFO,
     }
@@ -129,6 +138,9 @@ pub struct KvmVm {
     max_slots: u32,
     vcpu_mmap_size: usize,
     irq: Mutex<IrqState>,
+    /// Dirty pages from KVM and from the VMM's writes; shared with the vCPUs, which empty
+    /// their ring into it when it fills up.
+    dirty: Arc<KvmDirtyLog>,
 }
 
 impl std::fmt::Debug for KvmVm {
@@ -142,8 +154,27 @@ impl std::fmt::Debug for KvmVm {
 
 impl KvmVm {
     /// Creates a VM and registers every region of `guest_mem` as a slot (region `i` as slot
-    /// `i`), without dirty logging; see [`Vm::set_dirty_logging`].
+    /// `i`), without dirty logging (see [`Vm::set_dirty_logging`]), with manual dirty log
+    /// protection if the kernel offers it, else the classic bitmap.
+    ///
+    /// The dirty ring is not the default: a vCPU that dirties pages faster than its ring is
+    /// emptied can overrun it on some kernels (those that emulate many writes in one
+    /// `KVM_RUN`), after which the whole logged memory must be taken as dirty and the vCPU
+    /// may not run again. Ask for it with [`new_with_dirty_log`](Self::new_with_dirty_log).
     pub fn new(kvm: &Kvm, guest_mem: GuestMemory) -> Result<KvmVm> {
+        KvmVm::new_with_dirty_log(kvm, guest_mem, DirtyLogMode::ManualProtect)
+    }
+
+    /// Like [`new`](Self::new), with `preferred` as the best dirty log mode to use: it falls
+    /// back from the ring to manual protection to the bitmap as the kernel's capabilities
+    /// (or its refusal to enable one) require. [`Vm::dirty_log_mode`] says which it got. A
+    /// ring size that is not a power of two, or is past the kernel's maximum, is
+    /// [`Error::DirtyRingSize`].
+    pub fn new_with_dirty_log(
+        kvm: &Kvm,
+        guest_mem: GuestMemory,
+        preferred: DirtyLogMode,
+    ) -> Result<KvmVm> {
         // SAFETY: KVM_CREATE_VM takes a machine type (0) and returns a new descriptor, which
         // is checked before it is owned.
         let fd = unsafe { ioctl_with_val(&kvm.kvm, KVM_CREATE_VM(), 0) };
@@ -162,14 +193,28 @@ impl KvmVm {
         }
         let read_only_supported = check_extension(&vm, KVM_CAP_READONLY_MEM) > 0;
         let max_slots = check_extension(&vm, KVM_CAP_NR_MEMSLOTS);
+        let mode = dirty::enable_mode(&vm, preferred)?;
+        let slots = Arc::new(Mutex::new(SlotTable::new(max_slots)));
+        let collector_fd = vm.try_clone().map_err(|source| Error::Ioctl {
+            op: "dup",
+            detail: "the VM descriptor, for the dirty log".into(),
+            source,
+        })?;
+        let dirty = Arc::new(KvmDirtyLog::new(
+            mode,
+            collector_fd,
+            guest_mem.clone(),
+            slots.clone(),
+        ));
         let vm = KvmVm {
             vm,
             guest_mem,
-            slots: Arc::new(Mutex::new(SlotTable::new(max_slots))),
+            slots,
             read_only_supported,
             max_slots,
             vcpu_mmap_size: kvm.vcpu_mmap_size,
             irq: Mutex::new(IrqState::default()),
+            dirty,
         };
         {
             let mut table = vm.table();
@@ -218,7 +263,25 @@ impl KvmVm {
             .from_file(&file)
             .build()
             .map_err(|source| Error::VcpuRunMapping { id, source })?;
-        KvmVcpu::new(id, file, run, (self.guest_mem.clone(), self.slots.clone()))
+        self.dirty.add_vcpu(id, &file)?;
+        KvmVcpu::new(
+            id,
+            file,
+            run,
+            (self.guest_mem.clone(), self.slots.clone()),
+            self.dirty.clone(),
+        )
+    }
+
+    /// How many times a vCPU stopped because its dirty ring was full (and emptied it).
+    pub fn dirty_ring_full_exits(&self) -> u64 {
+        self.dirty.ring_full_exits()
+    }
+
+    /// How many times a dirty ring was found full to its last entry, so that every logged
+    /// page had to be taken as dirty.
+    pub fn dirty_ring_overruns(&self) -> u64 {
+        self.dirty.ring_overruns()
     }
 
     fn irq(&self) -> MutexGuard<'_, IrqState> {
@@ -357,7 +420,8 @@ impl Vm for KvmVm {
             flags |= KVM_MEM_READONLY;
         }
         if log_dirty_pages {
-            flags |= KVM_MEM_LOG_DIRTY_PAGES;
+            // Checked before the slot exists, so that a refusal leaves nothing behind.
+            self.dirty.check_can_log()?;
         }
         let mut table = self.table();
         let number = table.check_new(guest_addr.0, size)?;
@@ -374,6 +438,14 @@ impl Vm for KvmVm {
                 memory: Arc::new(SlotMemory::Dynamic(RwLock::new(Some(mem)))),
             },
         );
+        drop(table);
+        if log_dirty_pages {
+            if let Err(e) = self.set_dirty_logging(number, true) {
+                // Leave no half-made slot behind; the memory goes back with the error.
+                let _ = self.remove_memory_region(number);
+                return Err(e);
+            }
+        }
         Ok(number)
     }
 
@@ -412,8 +484,7 @@ impl Vm for KvmVm {
     }
 
     fn remove_memory_region(&self, slot: MemSlot) -> Result<Box<dyn MappedRegion>> {
-        let removed = {
-            let mut table = self.table();
+        let removed = self.dirty.forget_slot(slot, |table| {
             let s = table.get(slot)?;
             if matches!(*s.memory, SlotMemory::BootRam) {
                 return Err(Error::BootRamSlot {
@@ -423,8 +494,8 @@ impl Vm for KvmVm {
             }
             // SAFETY: size 0 deletes the slot; no host memory is named.
             unsafe { self.set_user_memory_region(slot, 0, s.guest_addr, 0, 0)? };
-            table.remove(slot).ok_or(Error::UnknownSlot { slot })?
-        };
+            table.remove(slot).ok_or(Error::UnknownSlot { slot })
+        })?;
         // Outside the table lock: wait for operations still using this slot's memory.
         match &*removed.memory {
             SlotMemory::Dynamic(region) => region
@@ -440,47 +511,88 @@ impl Vm for KvmVm {
     }
 
     fn set_dirty_logging(&self, slot: MemSlot, enable: bool) -> Result<()> {
-        let mut table = self.table();
-        let s = table.get_mut(slot)?;
-        let flags = if enable {
-            s.flags | KVM_MEM_LOG_DIRTY_PAGES
-        } else {
-            s.flags & !KVM_MEM_LOG_DIRTY_PAGES
+        let (guest_addr, size) = {
+            let table = self.table();
+            let s = table.get(slot)?;
+            (s.guest_addr, s.size)
         };
-        // SAFETY: the same memory as the live slot, which the table keeps mapped.
-        unsafe { self.set_user_memory_region(slot, flags, s.guest_addr, s.size, s.host_addr)? };
-        s.flags = flags;
-        Ok(())
+        self.dirty
+            .set_logging(slot, guest_addr, size, enable, |table| {
+                // Looked up again under the collector's locks: the slot may have changed.
+                let s = table.get_mut(slot)?;
+                if (s.guest_addr, s.size) != (guest_addr, size) {
+                    return Err(Error::UnknownSlot { slot });
+                }
+                let flags = if enable {
+                    s.flags | KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    s.flags & !KVM_MEM_LOG_DIRTY_PAGES
+                };
+                // SAFETY: the same memory as the live slot, which the table keeps mapped.
+                unsafe {
+                    self.set_user_memory_region(slot, flags, s.guest_addr, s.size, s.host_addr)?
+                };
+                s.flags = flags;
+                Ok(())
+            })
     }
 
     fn get_dirty_log(&self, slot: MemSlot, dirty_log: &mut [u8]) -> Result<()> {
-        // The lock is held across the ioctl: were the slot removed and its number reused by a
-        // larger slot meanwhile, the kernel would write a longer bitmap than `dirty_log`.
-        let table = self.table();
-        let s = table.get(slot)?;
-        if s.flags & KVM_MEM_LOG_DIRTY_PAGES == 0 {
+        let logged = self.table().get(slot)?.flags & KVM_MEM_LOG_DIRTY_PAGES != 0;
+        if !logged {
             return Err(Error::DirtyLogNotEnabled { slot });
         }
-        let needed = dirty_log_bitmap_size(s.size as usize);
-        if dirty_log.len() < needed {
-            return Err(Error::DirtyLogBufferTooSmall {
+        self.dirty.take_slot(slot, dirty_log)
+    }
+
+    fn dirty_log_mode(&self) -> DirtyLogMode {
+        self.dirty.mode()
+    }
+
+    fn harvest_dirty_log(&self) -> Result<DirtyHarvest<'_>> {
+        self.dirty.harvest()
+    }
+
+    fn with_slot_memory(
+        &self,
+        slot: MemSlot,
+        offset: usize,
+        size: usize,
+        f: &mut dyn FnMut(VolatileSlice<'_>) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let mut failure = None;
+        self.with_region(slot, offset, size, |region| {
+            // SAFETY: `with_region` checked `offset + size` against the slot's size, and the
+            // region is mapped (read-write for boot RAM; as the caller mapped it otherwise)
+            // for as long as this closure runs: a removal waits for it.
+            let slice = unsafe { VolatileSlice::from_raw_parts(region.as_ptr().add(offset), size) };
+            if let Err(e) = f(slice) {
+                failure = Some(e);
+            }
+            Ok(())
+        })?;
+        match failure {
+            Some(source) => Err(Error::SlotMemoryAccess {
                 slot,
-                len: dirty_log.len(),
-                needed,
-            });
+                offset,
+                source,
+            }),
+            None => Ok(()),
         }
-        let mut log = kvm_dirty_log {
-            slot,
-            ..Default::default()
-        };
-        log.__bindgen_anon_1.dirty_bitmap = dirty_log.as_mut_ptr() as *mut libc::c_void;
-        // SAFETY: the kernel writes `needed` bytes (the slot's bitmap) to `dirty_log`, which is
-        // at least that long (checked above) and exclusively borrowed across the call.
-        let ret = unsafe { ioctl_with_ref(&self.vm, KVM_GET_DIRTY_LOG(), &log) };
-        if ret < 0 {
-            return Err(ioctl_error("KVM_GET_DIRTY_LOG", format!("slot {slot}")));
-        }
-        Ok(())
+    }
+
+    fn memory_slots(&self) -> Vec<SlotInfo> {
+        self.table()
+            .iter()
+            .map(|(&slot, s)| SlotInfo {
+                slot,
+                guest_addr: GuestAddress(s.guest_addr),
+                size: s.size,
+                read_only: s.flags & KVM_MEM_READONLY != 0,
+                dirty_logging: s.flags & KVM_MEM_LOG_DIRTY_PAGES != 0,
+                boot_ram: matches!(*s.memory, SlotMemory::BootRam),
+            })
+            .collect()
     }
 
     fn add_fd_mapping(

@@ -182,6 +182,11 @@ impl SlotTable {
             .ok_or(Error::UnknownSlot { slot: number })
     }
 
+    /// The live slots, by number.
+    pub fn iter(&self) -> impl Iterator<Item = (&MemSlot, &Slot)> {
+        self.slots.iter()
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.slots.len()

@@ -12,8 +12,8 @@ use base::MemoryMapping;
 #[cfg(target_arch = "x86_64")]
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_bindings::{
-    kvm_run, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO,
-    KVM_EXIT_IO_OUT, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN,
+    kvm_run, KVM_EXIT_DIRTY_RING_FULL, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN,
 };
 use vmm_sys_util::ioctl::ioctl;
 #[cfg(target_arch = "x86_64")]
@@ -53,6 +53,8 @@ pub struct KvmVcpu {
     /// The VM's boot RAM and slot table, kept alive (and mapped) while this vCPU can run,
     /// even if the `KvmVm` is dropped first.
     _memory: VmMemory,
+    /// Where a full dirty ring is emptied.
+    dirty: Arc<super::dirty::KvmDirtyLog>,
 }
 
 /// What a vCPU keeps of its VM so that guest memory outlives it.
@@ -64,6 +66,7 @@ impl KvmVcpu {
         fd: File,
         run: MemoryMapping,
         memory: VmMemory,
+        dirty: Arc<super::dirty::KvmDirtyLog>,
     ) -> Result<KvmVcpu> {
         if run.size() < size_of::<kvm_run>() {
             return Err(Error::VcpuRunMapping {
@@ -84,6 +87,7 @@ impl KvmVcpu {
             out_data: None,
             running_tid: Arc::new(std::sync::atomic::AtomicI32::new(0)),
             _memory: memory,
+            dirty,
         })
     }
 
@@ -202,6 +206,57 @@ impl KvmVcpu {
         self.set_regs(&regs)
     }
 
+    /// One `KVM_RUN`, and the exit it ended with.
+    fn run_once(&mut self) -> Result<VcpuExit> {
+        match self.pending {
+            Some(PendingRead::Mmio { address, .. }) => {
+                return Err(Error::UnansweredRead {
+                    what: "MMIO",
+                    address,
+                })
+            }
+            Some(PendingRead::Io { port, .. }) => {
+                return Err(Error::UnansweredRead {
+                    what: "port",
+                    address: port.into(),
+                })
+            }
+            None => {}
+        }
+        self.out_data = None;
+        kick::install_handler();
+        self.running_tid
+            .store(kick::current_tid(), std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: KVM_RUN takes no argument; it writes only the run structure, which we keep
+        // mapped for the vCPU's life.
+        let ret = unsafe { ioctl(&self.fd, KVM_RUN()) };
+        self.running_tid
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        if ret < 0 {
+            let err = std::io::Error::last_os_error();
+            // SAFETY: reading the exit reason of our own mapped run structure.
+            let reason = unsafe { addr_of!((*self.run_ptr()).exit_reason).read() };
+            return match err.raw_os_error() {
+                Some(libc::EINTR) => {
+                    // This is the exit a kick asked for: the next run goes on. (A kick after
+                    // any other exit stays pending, and the next run returns at once.)
+                    kick::clear_immediate_exit(&self.run);
+                    Ok(VcpuExit::Intr)
+                }
+                Some(libc::EAGAIN) => Ok(VcpuExit::Intr),
+                Some(libc::EFAULT) | Some(libc::EHWPOISON) if reason == KVM_EXIT_MEMORY_FAULT => {
+                    Ok(self.memory_fault())
+                }
+                _ => Err(Error::Ioctl {
+                    op: "KVM_RUN",
+                    detail: format!("vcpu {}", self.id),
+                    source: err,
+                }),
+            };
+        }
+        Ok(self.decode_exit())
+    }
+
     /// Decodes the exit the kernel left in the run structure.
     fn decode_exit(&mut self) -> VcpuExit {
         let run = self.run_ptr();
@@ -295,53 +350,30 @@ impl Vcpu for KvmVcpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit> {
-        match self.pending {
-            Some(PendingRead::Mmio { address, .. }) => {
-                return Err(Error::UnansweredRead {
-                    what: "MMIO",
-                    address,
-                })
-            }
-            Some(PendingRead::Io { port, .. }) => {
-                return Err(Error::UnansweredRead {
-                    what: "port",
-                    address: port.into(),
-                })
-            }
-            None => {}
-        }
-        self.out_data = None;
-        kick::install_handler();
-        self.running_tid
-            .store(kick::current_tid(), std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: KVM_RUN takes no argument; it writes only the run structure, which we keep
-        // mapped for the vCPU's life.
-        let ret = unsafe { ioctl(&self.fd, KVM_RUN()) };
-        self.running_tid
-            .store(0, std::sync::atomic::Ordering::SeqCst);
-        if ret < 0 {
-            let err = std::io::Error::last_os_error();
-            // SAFETY: reading the exit reason of our own mapped run structure.
+        // Whether the last ring-full exit found the rings empty.
+        let mut empty_full = false;
+        loop {
+            let exit = self.run_once()?;
+            // SAFETY: reading the exit reason of our own mapped run structure; the vCPU is
+            // not running.
             let reason = unsafe { addr_of!((*self.run_ptr()).exit_reason).read() };
-            return match err.raw_os_error() {
-                Some(libc::EINTR) => {
-                    // This is the exit a kick asked for: the next run goes on. (A kick after
-                    // any other exit stays pending, and the next run returns at once.)
-                    kick::clear_immediate_exit(&self.run);
-                    Ok(VcpuExit::Intr)
+            if exit != VcpuExit::Unknown(KVM_EXIT_DIRTY_RING_FULL)
+                || reason != KVM_EXIT_DIRTY_RING_FULL
+            {
+                return Ok(exit);
+            }
+            // Empty the rings and go on, unless a harvest holds the pages: then the caller
+            // must end it first. A ring that stays full with nothing in it is broken; say so
+            // rather than spin.
+            match self.dirty.ring_full()? {
+                None => return Ok(VcpuExit::DirtyRingFull),
+                Some(0) if std::mem::replace(&mut empty_full, true) => {
+                    return Err(Error::DirtyRingStuck { id: self.id })
                 }
-                Some(libc::EAGAIN) => Ok(VcpuExit::Intr),
-                Some(libc::EFAULT) | Some(libc::EHWPOISON) if reason == KVM_EXIT_MEMORY_FAULT => {
-                    Ok(self.memory_fault())
-                }
-                _ => Err(Error::Ioctl {
-                    op: "KVM_RUN",
-                    detail: format!("vcpu {}", self.id),
-                    source: err,
-                }),
-            };
+                Some(0) => {}
+                Some(_) => empty_full = false,
+            }
         }
-        Ok(self.decode_exit())
     }
 
     fn io_data(&self) -> Option<&[u8]> {

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use hypervisor::kvm::{Kvm, KvmVcpu, KvmVm};
-use hypervisor::{Vcpu, VcpuExit};
+use hypervisor::{DirtyLogMode, Vcpu, VcpuExit};
 use vm_memory::{GuestAddress, GuestMemory};
 
 pub const P: u64 = 4096;
@@ -34,9 +34,22 @@ pub fn kvm_or_skip(test: &str) -> Option<Kvm> {
 /// A VM with `ram` bytes of boot RAM at 0 (slot 0), `code` loaded at `CODE`, and vCPU 0 set
 /// up to run it in flat 32-bit protected mode.
 pub fn vm_with_program(kvm: &Kvm, ram: u64, code: &[u8]) -> (KvmVm, KvmVcpu) {
+    vm_with_program_in(kvm, ram, code, DEFAULT_MODE)
+}
+
+/// What `KvmVm::new` asks for.
+pub const DEFAULT_MODE: DirtyLogMode = DirtyLogMode::ManualProtect;
+
+/// Like `vm_with_program`, with `mode` as the preferred dirty log mode.
+pub fn vm_with_program_in(
+    kvm: &Kvm,
+    ram: u64,
+    code: &[u8],
+    mode: DirtyLogMode,
+) -> (KvmVm, KvmVcpu) {
     let mem = GuestMemory::new(&[(GuestAddress(0), ram)]).unwrap();
     mem.write_all_at_addr(code, GuestAddress(CODE)).unwrap();
-    let vm = KvmVm::new(kvm, mem).unwrap();
+    let vm = KvmVm::new_with_dirty_log(kvm, mem, mode).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     vcpu.set_flat_protected_mode(CODE as u32).unwrap();
     (vm, vcpu)
@@ -96,6 +109,46 @@ impl Asm {
     /// `out REPORT_PORT, eax`: E7 ib.
     pub fn report_eax(mut self) -> Self {
         self.0.extend([0xe7, REPORT_PORT]);
+        self
+    }
+
+    /// Writes a dword into each of `count` pages from `start`, one page apart, in a loop:
+    /// `mov edi, start; mov ecx, count; l: mov [edi], ecx; add edi, 4096; dec ecx; jnz l`.
+    pub fn touch_pages(mut self, start: u32, count: u32) -> Self {
+        self.0.push(0xbf);
+        self.0.extend(start.to_le_bytes());
+        self.0.push(0xb9);
+        self.0.extend(count.to_le_bytes());
+        self.0.extend([0x89, 0x0f]);
+        self.0.extend([0x81, 0xc7, 0x00, 0x10, 0x00, 0x00]);
+        self.0.push(0x49);
+        // Back over the 2 + 6 + 1 bytes of the body and this jump's own 2.
+        self.0.extend([0x75, (-11i8) as u8]);
+        self
+    }
+
+    /// `out REPORT_PORT, eax` after every `every` pages of `touch_pages` (which must divide
+    /// `count`): the same loop, with `test ecx, every - 1; jnz l; out` at its end.
+    pub fn touch_pages_reporting(mut self, start: u32, count: u32, every: u32) -> Self {
+        assert!(every.is_power_of_two() && count.is_multiple_of(every));
+        self.0.push(0xbf);
+        self.0.extend(start.to_le_bytes());
+        self.0.push(0xb9);
+        self.0.extend(count.to_le_bytes());
+        let top = self.0.len();
+        self.0.extend([0x89, 0x0f]); // mov [edi], ecx
+        self.0.extend([0x81, 0xc7, 0x00, 0x10, 0x00, 0x00]); // add edi, 4096
+        self.0.push(0x49); // dec ecx
+        self.0.extend([0xf7, 0xc1]); // test ecx, imm32
+        self.0.extend((every - 1).to_le_bytes());
+        self.0.extend([0x75, 0x00]); // jnz top (patched below)
+        let jnz = self.0.len();
+        self.0[jnz - 1] = (top as isize - jnz as isize) as i8 as u8;
+        self.0.extend([0xe7, REPORT_PORT]); // out REPORT_PORT, eax
+        self.0.extend([0x85, 0xc9]); // test ecx, ecx
+        self.0.extend([0x75, 0x00]); // jnz top
+        let jnz = self.0.len();
+        self.0[jnz - 1] = (top as isize - jnz as isize) as i8 as u8;
         self
     }
 
