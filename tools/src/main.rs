@@ -13,6 +13,8 @@
 mod bench;
 mod drive;
 mod guest;
+#[allow(dead_code)] // used by the snapshot tests and `run --snapshot`, coming next
+mod guest_snapshot;
 mod run;
 mod vhost_user_blk;
 
