@@ -14,6 +14,7 @@
 mod dirty;
 mod error;
 pub mod kvm;
+pub mod snapshot;
 
 use base::{AsRawDescriptor, MappedRegion, Protection, VolatileSlice};
 use vm_memory::{GuestAddress, GuestMemory};

@@ -257,6 +257,23 @@ impl KvmVcpu {
         Ok(self.decode_exit())
     }
 
+    /// Completes the I/O of the last exit inside KVM without running guest code (a
+    /// `KVM_RUN` with `immediate_exit` set), so that the registers then read are those after
+    /// the instruction: what KVM asks of a VMM before it saves a vCPU's state. A read still
+    /// waiting for [`Vcpu::set_data`] is [`Error::UnansweredRead`].
+    pub fn complete_io(&mut self) -> Result<()> {
+        self.kicker().kick();
+        match self.run_once()? {
+            VcpuExit::Intr => Ok(()),
+            // Completing one piece of a split MMIO access can ask for the next piece.
+            other => Err(Error::Ioctl {
+                op: "KVM_RUN",
+                detail: format!("completing the I/O of vcpu {}: exit {other:?}", self.id),
+                source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+            }),
+        }
+    }
+
     /// Decodes the exit the kernel left in the run structure.
     fn decode_exit(&mut self) -> VcpuExit {
         let run = self.run_ptr();

@@ -1,0 +1,383 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Reading layers back: checking each one whole, and restoring the chain into a VM.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use zerocopy::{FromBytes, FromZeros};
+
+use super::format::*;
+use super::{Error, LayerSummary, Result};
+use crate::{MemSlot, Vm};
+
+/// Bytes read from a layer at a time.
+const CHUNK: usize = 1 << 20;
+
+/// What [`restore`] brought back.
+#[derive(Debug)]
+pub struct Restored {
+    /// Each layer applied, oldest first.
+    pub layers: Vec<LayerSummary>,
+    /// The state the newest layer holds (the caller's vCPU and device state).
+    pub state: Vec<u8>,
+}
+
+/// Reads every layer of the snapshot in `dir` whole and checks it (format, version,
+/// checksums, the chain from layer to layer, tables against the file), without a VM.
+pub fn verify(dir: &Path) -> Result<Vec<LayerSummary>> {
+    read_chain(dir, None).map(|r| r.layers)
+}
+
+/// Restores the snapshot in `dir` into `vm`, whose logged slots must be the slots of the
+/// newest layer (same numbers, addresses and sizes; see [`crate::Vm::memory_slots`]): each
+/// layer's pages are written into them, oldest first, and the newest layer's state is
+/// returned. Pages of slots that the newest layer no longer lists are skipped.
+///
+/// A layer's checksum is known only once it is read whole, and its pages are applied as it
+/// is read: on an error the VM's memory is part restored and must not be run. Use
+/// [`verify`] first to refuse a bad snapshot before touching a VM.
+pub fn restore(dir: &Path, vm: &dyn Vm) -> Result<Restored> {
+    read_chain(dir, Some(vm))
+}
+
+/// A slot's identity in a layer: where it is and how large.
+type SlotTable = BTreeMap<MemSlot, (u64, u64)>;
+
+fn read_chain(dir: &Path, vm: Option<&dyn Vm>) -> Result<Restored> {
+    let mut count = 0u32;
+    while dir.join(layer_name(count)).exists() {
+        count = count.checked_add(1).ok_or_else(|| Error::Malformed {
+            path: dir.to_path_buf(),
+            what: "more layers than sequence numbers".into(),
+        })?;
+    }
+    if count == 0 {
+        return Err(Error::NoLayers {
+            dir: dir.to_path_buf(),
+            first: layer_name(0),
+        });
+    }
+    // The newest layer's slots are what the VM must have, and where pages may go.
+    let newest = {
+        let path = dir.join(layer_name(count - 1));
+        let mut layer = Layer::open(&path)?;
+        layer.read_tables()?;
+        layer.slots
+    };
+    if let Some(vm) = vm {
+        check_vm_slots(vm, &newest)?;
+    }
+    let mut layers = Vec::with_capacity(count as usize);
+    let mut parent = 0u32;
+    let mut state = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    for sequence in 0..count {
+        let path = dir.join(layer_name(sequence));
+        let start = Instant::now();
+        let mut layer = Layer::open(&path)?;
+        layer.check_place(sequence, parent)?;
+        layer.read_tables()?;
+        for run in layer.runs.clone() {
+            let (slot, offset, len) = (run.slot.get(), run.offset.get(), run.len.get());
+            let target = vm.filter(|_| newest.get(&slot) == layer.slots.get(&slot));
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(CHUNK as u64) as usize;
+                layer.read_exact(&mut buf[..n])?;
+                if let Some(vm) = target {
+                    let bytes = &buf[..n];
+                    vm.with_slot_memory(slot, (offset + done) as usize, n, &mut |slice| {
+                        slice.copy_from(bytes);
+                        Ok(())
+                    })?;
+                }
+                done += n as u64;
+            }
+        }
+        let (runs, data_len, file_len) = (layer.runs.len(), layer.data_len, layer.file_len);
+        state = std::mem::take(&mut layer.state);
+        let checksum = layer.finish()?;
+        parent = checksum;
+        layers.push(LayerSummary {
+            path,
+            sequence,
+            full: sequence == 0,
+            runs: runs as u64,
+            pages: data_len / base::pagesize() as u64,
+            data_bytes: data_len,
+            file_bytes: file_len,
+            checksum,
+            copy_time: start.elapsed(),
+            sync_time: Duration::ZERO,
+            total_time: start.elapsed(),
+        });
+    }
+    Ok(Restored { layers, state })
+}
+
+/// Refuses a VM whose logged slots are not exactly the snapshot's.
+fn check_vm_slots(vm: &dyn Vm, slots: &SlotTable) -> Result<()> {
+    let have: SlotTable = vm
+        .memory_slots()
+        .into_iter()
+        .map(|s| (s.slot, (s.guest_addr.0, s.size)))
+        .collect();
+    for (&slot, &(guest_addr, size)) in slots {
+        match have.get(&slot) {
+            Some(&found) if found == (guest_addr, size) => {}
+            found => {
+                return Err(Error::SlotMismatch {
+                    slot,
+                    guest_addr: vm_memory::GuestAddress(guest_addr),
+                    size,
+                    found: match found {
+                        Some((a, s)) => format!("the VM has it at {a:#x}+{s:#x}"),
+                        None => "the VM has no such slot".into(),
+                    },
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One layer file being read, with its running checksum.
+struct Layer {
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    pos: u64,
+    hasher: crc32fast::Hasher,
+    header: Header,
+    slots: SlotTable,
+    runs: Vec<RunRecord>,
+    state: Vec<u8>,
+    data_len: u64,
+}
+
+impl Layer {
+    /// Opens a layer and checks its header: magic, version, checksum, and that the file is
+    /// exactly as long as the header says.
+    fn open(path: &Path) -> Result<Layer> {
+        let io = |op: &'static str| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { op, path, source }
+        };
+        let file = File::open(path).map_err(io("open"))?;
+        let file_len = file.metadata().map_err(io("stat"))?.len();
+        let mut layer = Layer {
+            path: path.to_path_buf(),
+            file,
+            file_len,
+            pos: 0,
+            hasher: crc32fast::Hasher::new(),
+            header: Header::new_zeroed(),
+            slots: SlotTable::new(),
+            runs: Vec::new(),
+            state: Vec::new(),
+            data_len: 0,
+        };
+        let mut bytes = [0u8; std::mem::size_of::<Header>()];
+        layer.read_exact(&mut bytes)?;
+        let header = Header::read_from_bytes(&bytes).map_err(|_| layer.malformed("header"))?;
+        if header.magic != MAGIC {
+            return Err(Error::BadMagic {
+                path: layer.path.clone(),
+                found: header.magic,
+            });
+        }
+        if header.version.get() != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path: layer.path.clone(),
+                version: header.version.get(),
+                supported: FORMAT_VERSION,
+            });
+        }
+        let computed = header.checksum();
+        if computed != header.header_checksum.get() {
+            return Err(Error::HeaderChecksum {
+                path: layer.path.clone(),
+                stored: header.header_checksum.get(),
+                computed,
+            });
+        }
+        layer.header = header;
+        let slot_count = header.slot_count.get();
+        if slot_count > MAX_SLOTS {
+            return Err(layer.malformed(&format!("{slot_count} slots, at most {MAX_SLOTS}")));
+        }
+        // Every count checked against the file before anything is allocated from it.
+        let total = (u64::from(slot_count))
+            .checked_add(header.run_count.get())
+            .and_then(|n| n.checked_mul(24))
+            .and_then(|n| n.checked_add(header.state_len.get()))
+            .and_then(|n| n.checked_add(header.data_len.get()))
+            .and_then(|n| n.checked_add(64 + 16));
+        let Some(total) = total else {
+            return Err(layer.malformed("the header's sizes overflow"));
+        };
+        if total > file_len {
+            return Err(Error::Truncated {
+                path: layer.path.clone(),
+                offset: file_len,
+                needed: total - file_len,
+                len: file_len,
+            });
+        }
+        if total < file_len {
+            return Err(layer.malformed(&format!(
+                "{} bytes past the end the header gives ({total:#x})",
+                file_len - total
+            )));
+        }
+        layer.data_len = header.data_len.get();
+        Ok(layer)
+    }
+
+    fn malformed(&self, what: &str) -> Error {
+        Error::Malformed {
+            path: self.path.clone(),
+            what: what.to_string(),
+        }
+    }
+
+    /// Checks that this is layer `sequence` and follows a layer of checksum `parent`.
+    fn check_place(&self, sequence: u32, parent: u32) -> Result<()> {
+        let h = &self.header;
+        if h.sequence.get() != sequence {
+            return Err(Error::SequenceMismatch {
+                path: self.path.clone(),
+                expected: sequence,
+                found: h.sequence.get(),
+            });
+        }
+        let (kind, expected) = match (h.kind.get(), sequence) {
+            (KIND_FULL, 0) | (KIND_INCREMENTAL, 1..) => return self.check_parent(parent),
+            (KIND_FULL, _) => ("full", "incremental"),
+            (KIND_INCREMENTAL, _) => ("incremental", "full"),
+            (_, 0) => ("of an unknown kind", "full"),
+            _ => ("of an unknown kind", "incremental"),
+        };
+        Err(Error::FirstLayerKind {
+            path: self.path.clone(),
+            sequence,
+            kind,
+            expected,
+        })
+    }
+
+    fn check_parent(&self, parent: u32) -> Result<()> {
+        let found = self.header.parent_checksum.get();
+        if found != parent {
+            return Err(Error::ChainBroken {
+                path: self.path.clone(),
+                sequence: self.header.sequence.get(),
+                expected: parent,
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the slot table, the run table and the state, and checks every run against its
+    /// slot and the data length.
+    fn read_tables(&mut self) -> Result<()> {
+        let mut record = [0u8; 24];
+        for _ in 0..self.header.slot_count.get() {
+            self.read_exact(&mut record)?;
+            let s = SlotRecord::read_from_bytes(&record).map_err(|_| self.malformed("slot"))?;
+            let (slot, addr, size) = (s.slot.get(), s.guest_addr.get(), s.size.get());
+            if self.slots.insert(slot, (addr, size)).is_some() {
+                return Err(self.malformed(&format!("slot {slot} is listed twice")));
+            }
+        }
+        let page = base::pagesize() as u64;
+        let mut data = 0u64;
+        let run_count = self.header.run_count.get();
+        self.runs = Vec::with_capacity(run_count as usize);
+        for _ in 0..run_count {
+            self.read_exact(&mut record)?;
+            let r = RunRecord::read_from_bytes(&record).map_err(|_| self.malformed("run"))?;
+            let (slot, offset, len) = (r.slot.get(), r.offset.get(), r.len.get());
+            let slot_size = self.slots.get(&slot).map_or(0, |&(_, size)| size);
+            let inside = offset.checked_add(len).is_some_and(|end| end <= slot_size);
+            if !inside || len == 0 {
+                return Err(Error::RunOutsideSlot {
+                    path: self.path.clone(),
+                    slot,
+                    offset,
+                    len,
+                    slot_size,
+                });
+            }
+            if offset % page != 0 || len % page != 0 {
+                return Err(self.malformed(&format!(
+                    "run {offset:#x}+{len:#x} of slot {slot} is not whole pages"
+                )));
+            }
+            data += len;
+            self.runs.push(r);
+        }
+        if data != self.data_len {
+            return Err(self.malformed(&format!(
+                "runs hold {data:#x} bytes, the header says {:#x}",
+                self.data_len
+            )));
+        }
+        let mut state = vec![0u8; self.header.state_len.get() as usize];
+        self.read_exact(&mut state)?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes, into the checksum.
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact(buf).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::Truncated {
+                    path: self.path.clone(),
+                    offset: self.pos,
+                    needed: buf.len() as u64,
+                    len: self.file_len,
+                }
+            } else {
+                Error::Io {
+                    op: "read",
+                    path: self.path.clone(),
+                    source,
+                }
+            }
+        })?;
+        self.hasher.update(buf);
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Reads the trailer and checks the layer's checksum; returns it.
+    fn finish(mut self) -> Result<u32> {
+        let computed = std::mem::take(&mut self.hasher).finalize();
+        let mut bytes = [0u8; std::mem::size_of::<Trailer>()];
+        self.read_exact(&mut bytes)?;
+        let trailer = Trailer::read_from_bytes(&bytes).map_err(|_| self.malformed("trailer"))?;
+        if trailer.end_magic != END_MAGIC {
+            return Err(self.malformed(&format!(
+                "end magic {:02x?} is not a layer's",
+                trailer.end_magic
+            )));
+        }
+        let stored = trailer.layer_checksum.get();
+        if stored != computed {
+            return Err(Error::LayerChecksum {
+                path: self.path,
+                stored,
+                computed,
+            });
+        }
+        Ok(stored)
+    }
+}

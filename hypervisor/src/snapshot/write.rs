@@ -1,0 +1,280 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Writing layers: a full one, then incremental ones from dirty-page harvests.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::IntoBytes;
+
+use super::format::*;
+use super::{Error, LayerSummary, Result};
+use crate::{DirtyRun, SlotInfo, Vm};
+
+/// Bytes copied out of guest memory at a time: large enough that each `write` is cheap per
+/// byte, small enough to stay in the CPU caches between the copy and the write.
+const CHUNK: usize = 1 << 20;
+
+/// Writes the layers of one snapshot into a directory: [`write_full`](Self::write_full)
+/// first, then any number of [`write_incremental`](Self::write_incremental).
+///
+/// A layer covers the slots that log dirty pages, boot RAM and added slots alike. Its pages
+/// come from a [`DirtyHarvest`](crate::DirtyHarvest) that is committed only once the layer
+/// is safely in its file, so a layer that fails leaves its pages for the next one. Pages are
+/// copied while the harvest holds them; the caller stops the vCPUs (and the devices that
+/// write guest memory) around each layer for a consistent image.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    dir: PathBuf,
+    next: u32,
+    parent: u32,
+    durable: bool,
+    buf: Vec<u8>,
+}
+
+impl SnapshotWriter {
+    /// A writer for a new snapshot in `dir`, which is made if missing and must hold no
+    /// layer yet.
+    pub fn create(dir: &Path) -> Result<SnapshotWriter> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            op: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if dir.join(layer_name(0)).exists() {
+            return Err(Error::DirectoryNotEmpty {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(SnapshotWriter {
+            dir: dir.to_path_buf(),
+            next: 0,
+            parent: 0,
+            durable: true,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Whether each layer is flushed to its disk (`fdatasync`, file and directory) before it
+    /// counts as written; on by default. Off, a crash may lose layers that were reported
+    /// written: for measuring, or for snapshots that need not survive the host.
+    pub fn durable(mut self, durable: bool) -> SnapshotWriter {
+        self.durable = durable;
+        self
+    }
+
+    /// Writes the full layer: every page of every logged slot, with `state` (the caller's
+    /// vCPU and device state, opaque here). The VM's pending dirty pages are taken with it.
+    pub fn write_full(&mut self, vm: &dyn Vm, state: &[u8]) -> Result<LayerSummary> {
+        if self.next != 0 {
+            return Err(Error::FirstLayerKind {
+                path: self.dir.join(layer_name(self.next)),
+                sequence: self.next,
+                kind: "full",
+                expected: "incremental",
+            });
+        }
+        let harvest = vm.harvest_dirty_log()?;
+        let slots = logged_slots(vm);
+        let runs: Vec<DirtyRun> = slots
+            .iter()
+            .map(|s| DirtyRun {
+                slot: s.slot,
+                guest_addr: s.guest_addr,
+                offset: 0,
+                len: s.size,
+            })
+            .collect();
+        let summary = self.write_layer(vm, KIND_FULL, &slots, &runs, state)?;
+        harvest.commit();
+        Ok(summary)
+    }
+
+    /// Writes an incremental layer: the pages dirtied since the previous layer, by the guest
+    /// or through boot RAM's `GuestMemory`, and `state`.
+    pub fn write_incremental(&mut self, vm: &dyn Vm, state: &[u8]) -> Result<LayerSummary> {
+        if self.next == 0 {
+            return Err(Error::FirstLayerKind {
+                path: self.dir.join(layer_name(0)),
+                sequence: 0,
+                kind: "incremental",
+                expected: "full",
+            });
+        }
+        let harvest = vm.harvest_dirty_log()?;
+        let slots = logged_slots(vm);
+        let runs: Vec<DirtyRun> = harvest.runs().collect();
+        let summary = self.write_layer(vm, KIND_INCREMENTAL, &slots, &runs, state)?;
+        harvest.commit();
+        Ok(summary)
+    }
+
+    /// Writes one layer under a temporary name and renames it into place once complete (and
+    /// durable, if asked), so a reader never sees half a layer.
+    fn write_layer(
+        &mut self,
+        vm: &dyn Vm,
+        kind: u32,
+        slots: &[SlotInfo],
+        runs: &[DirtyRun],
+        state: &[u8],
+    ) -> Result<LayerSummary> {
+        let start = Instant::now();
+        let name = layer_name(self.next);
+        let path = self.dir.join(&name);
+        let temp = self.dir.join(format!(".{name}.partial"));
+        let io = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |source| Error::Io {
+                op,
+                path: p,
+                source,
+            }
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(io("create", &temp))?;
+        let data_len: u64 = runs.iter().map(|r| r.len).sum();
+        let mut header = Header {
+            magic: MAGIC,
+            version: U32::new(FORMAT_VERSION),
+            kind: U32::new(kind),
+            sequence: U32::new(self.next),
+            slot_count: U32::new(slots.len() as u32),
+            run_count: U64::new(runs.len() as u64),
+            state_len: U64::new(state.len() as u64),
+            data_len: U64::new(data_len),
+            parent_checksum: U32::new(self.parent),
+            header_checksum: U32::new(0),
+            reserved: [0; 8],
+        };
+        header.header_checksum = U32::new(header.checksum());
+        let mut out = Checksummed::new(&mut file);
+        let mut tables = Vec::with_capacity(
+            std::mem::size_of::<Header>() + (slots.len() + runs.len()) * 24 + state.len(),
+        );
+        tables.extend_from_slice(header.as_bytes());
+        for s in slots {
+            let mut flags = 0;
+            if s.read_only {
+                flags |= SLOT_READ_ONLY;
+            }
+            if s.boot_ram {
+                flags |= SLOT_BOOT_RAM;
+            }
+            let record = SlotRecord {
+                slot: U32::new(s.slot),
+                flags: U32::new(flags),
+                guest_addr: U64::new(s.guest_addr.0),
+                size: U64::new(s.size),
+            };
+            tables.extend_from_slice(record.as_bytes());
+        }
+        for r in runs {
+            let record = RunRecord {
+                slot: U32::new(r.slot),
+                reserved: U32::new(0),
+                offset: U64::new(r.offset),
+                len: U64::new(r.len),
+            };
+            tables.extend_from_slice(record.as_bytes());
+        }
+        tables.extend_from_slice(state);
+        out.write_all(&tables).map_err(io("write", &temp))?;
+        let copy_start = Instant::now();
+        self.buf.resize(CHUNK, 0);
+        for r in runs {
+            let mut done = 0u64;
+            while done < r.len {
+                let n = (r.len - done).min(CHUNK as u64) as usize;
+                let offset = (r.offset + done) as usize;
+                let buf = &mut self.buf[..n];
+                vm.with_slot_memory(r.slot, offset, n, &mut |slice| {
+                    slice.copy_to(buf);
+                    Ok(())
+                })?;
+                out.write_all(buf).map_err(io("write", &temp))?;
+                done += n as u64;
+            }
+        }
+        let checksum = out.sum();
+        let trailer = Trailer {
+            layer_checksum: U32::new(checksum),
+            reserved: U32::new(0),
+            end_magic: END_MAGIC,
+        };
+        file.write_all(trailer.as_bytes())
+            .map_err(io("write", &temp))?;
+        let copy = copy_start.elapsed();
+        let sync_start = Instant::now();
+        if self.durable {
+            file.sync_data().map_err(io("fdatasync", &temp))?;
+        }
+        drop(file);
+        std::fs::rename(&temp, &path).map_err(io("rename", &path))?;
+        if self.durable {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync", &self.dir))?;
+        }
+        let file_bytes = (tables.len() + std::mem::size_of::<Trailer>()) as u64 + data_len;
+        self.parent = checksum;
+        self.next += 1;
+        Ok(LayerSummary {
+            path,
+            sequence: self.next - 1,
+            full: kind == KIND_FULL,
+            runs: runs.len() as u64,
+            pages: data_len / base::pagesize() as u64,
+            data_bytes: data_len,
+            file_bytes,
+            checksum,
+            copy_time: copy,
+            sync_time: if self.durable {
+                sync_start.elapsed()
+            } else {
+                Duration::ZERO
+            },
+            total_time: start.elapsed(),
+        })
+    }
+}
+
+/// The slots a layer covers: those that log dirty pages.
+fn logged_slots(vm: &dyn Vm) -> Vec<SlotInfo> {
+    vm.memory_slots()
+        .into_iter()
+        .filter(|s| s.dirty_logging)
+        .collect()
+}
+
+/// A writer that keeps the CRC-32 of what went through it.
+struct Checksummed<'a> {
+    inner: &'a mut File,
+    hasher: crc32fast::Hasher,
+}
+
+impl<'a> Checksummed<'a> {
+    fn new(inner: &'a mut File) -> Checksummed<'a> {
+        Checksummed {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(bytes);
+        self.inner.write_all(bytes)
+    }
+
+    fn sum(self) -> u32 {
+        self.hasher.finalize()
+    }
+}

@@ -1,0 +1,477 @@
+// Copyright 2026 The VMM memory crates authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Snapshots on real KVM: a full layer and incremental ones restore byte for byte into a
+//! fresh VM, over boot RAM and an added slot; a failed layer leaves its pages for the next;
+//! layers are durable when written (counted with cachestat); and every kind of bad layer is
+//! refused with its own error.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use base::{MemoryMappingBuilder, SharedMemory};
+use common::*;
+use hypervisor::kvm::{Kvm, KvmVcpu, KvmVm};
+use hypervisor::snapshot::{self, layer_name, Error, SnapshotWriter};
+use hypervisor::{MemCacheType, Vm};
+use vm_memory::{GuestAddress, GuestMemory};
+
+const RAM: u64 = 64 * P;
+const DYN: u64 = 0x40_0000;
+const DYN_SIZE: u64 = 16 * P;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("snapshot-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A VM with logged boot RAM and a logged added slot, running `code`.
+fn vm(kvm: &Kvm, code: &[u8]) -> (KvmVm, KvmVcpu) {
+    let (vm, vcpu) = vm_with_program(kvm, RAM, code);
+    add_slot(&vm);
+    vm.set_dirty_logging(0, true).unwrap();
+    (vm, vcpu)
+}
+
+fn add_slot(vm: &KvmVm) {
+    let shm = SharedMemory::new("dyn", DYN_SIZE).unwrap();
+    let map = MemoryMappingBuilder::new(DYN_SIZE as usize)
+        .from_shared_memory(&shm)
+        .build()
+        .unwrap();
+    vm.add_memory_region(
+        GuestAddress(DYN),
+        Box::new(map),
+        false,
+        true,
+        MemCacheType::CacheCoherent,
+    )
+    .unwrap();
+}
+
+/// Every byte of slots 0 and 1.
+fn contents(vm: &dyn Vm) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (slot, size) in [(0, RAM), (1, DYN_SIZE)] {
+        vm.with_slot_memory(slot, 0, size as usize, &mut |s| {
+            let mut buf = vec![0u8; s.size()];
+            s.copy_to(&mut buf);
+            out.extend(buf);
+            Ok(())
+        })
+        .unwrap();
+    }
+    out
+}
+
+/// Writes a value into page `page` of slot `slot` from the host side.
+fn poke(vm: &dyn Vm, slot: u32, page: u64, value: u64) {
+    vm.with_slot_memory(slot, (page * P) as usize, 8, &mut |s| {
+        s.write_obj(value, 0).map_err(std::io::Error::other)
+    })
+    .unwrap();
+}
+
+/// A fresh VM of the same layout, nothing run.
+fn fresh(kvm: &Kvm) -> KvmVm {
+    let vm = KvmVm::new(kvm, GuestMemory::new(&[(GuestAddress(0), RAM)]).unwrap()).unwrap();
+    add_slot(&vm);
+    vm.set_dirty_logging(0, true).unwrap();
+    vm
+}
+
+/// A guest that writes pages 20 and 21 of RAM and page 3 of the slot, reports, writes page
+/// 22 and page 5 of the slot, reports, and halts.
+fn program() -> Vec<u8> {
+    Asm::default()
+        .store_imm(20 * P as u32, 0x2020)
+        .store_imm(21 * P as u32 + 100, 0x2121)
+        .store_imm(DYN as u32 + 3 * P as u32, 0x0303)
+        .report_eax()
+        .store_imm(22 * P as u32, 0x2222)
+        .store_imm(DYN as u32 + 5 * P as u32, 0x0505)
+        .report_eax()
+        .hlt()
+        .0
+}
+
+#[test]
+fn full_and_incremental_layers_restore_byte_for_byte_into_a_fresh_vm() {
+    let Some(kvm) = kvm_or_skip("snapshot_round_trip") else {
+        return;
+    };
+    let dir = scratch("round-trip");
+    let (vm, mut vcpu) = vm(&kvm, &program());
+    let mut w = SnapshotWriter::create(&dir).unwrap();
+    // Incremental before full is refused.
+    assert!(matches!(
+        w.write_incremental(&vm, b""),
+        Err(Error::FirstLayerKind { sequence: 0, .. })
+    ));
+    let full = w.write_full(&vm, b"state 0").unwrap();
+    assert!(full.full);
+    assert_eq!(full.pages, (RAM + DYN_SIZE) / P);
+    assert!(matches!(
+        w.write_full(&vm, b""),
+        Err(Error::FirstLayerKind { sequence: 1, .. })
+    ));
+
+    run_to_report(&mut vcpu);
+    // The VMM writes a page of boot RAM too, through GuestMemory with tracking on.
+    vm.get_memory().set_dirty_tracking(true);
+    vm.get_memory()
+        .write_obj_at_addr(0xfeedu64, GuestAddress(40 * P))
+        .unwrap();
+    let one = w.write_incremental(&vm, b"state 1").unwrap();
+    // Pages 20, 21, 40 of RAM and 3 of the slot: nothing else (the code page is read only).
+    assert_eq!(one.pages, 4, "{one:?}");
+    run_to_report(&mut vcpu);
+    let two = w.write_incremental(&vm, b"state two").unwrap();
+    assert_eq!(two.pages, 2, "{two:?}");
+    // Nothing changed since: an empty layer is still a layer.
+    let three = w.write_incremental(&vm, b"").unwrap();
+    assert_eq!((three.pages, three.runs), (0, 0));
+
+    let checked = snapshot::verify(&dir).unwrap();
+    assert_eq!(checked.len(), 4);
+    assert_eq!(checked[2].checksum, two.checksum);
+
+    let target = fresh(&kvm);
+    // The target's memory starts different: restore must overwrite it.
+    poke(&target, 0, 30, 0x5555);
+    let restored = snapshot::restore(&dir, &target).unwrap();
+    assert_eq!(restored.layers.len(), 4);
+    assert!(restored.state.is_empty());
+    assert!(
+        contents(&target) == contents(&vm),
+        "memory differs after restore"
+    );
+
+    // Negative control: without the last data layer, the restore is missing page 22.
+    std::fs::remove_file(dir.join(layer_name(3))).unwrap();
+    std::fs::remove_file(dir.join(layer_name(2))).unwrap();
+    let partial = fresh(&kvm);
+    let restored = snapshot::restore(&dir, &partial).unwrap();
+    assert_eq!(restored.state, b"state 1");
+    assert!(contents(&partial) != contents(&vm));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_layer_that_fails_leaves_its_pages_for_the_next() {
+    let Some(kvm) = kvm_or_skip("snapshot_transactional") else {
+        return;
+    };
+    let dir = scratch("transactional");
+    let (vm, mut vcpu) = vm(&kvm, &program());
+    let mut w = SnapshotWriter::create(&dir).unwrap().durable(false);
+    w.write_full(&vm, b"").unwrap();
+    run_to_report(&mut vcpu);
+    // Something is in the way of layer 1's temporary file: the write fails.
+    let obstacle = dir.join(format!(".{}.partial", layer_name(1)));
+    std::fs::create_dir(&obstacle).unwrap();
+    let err = w.write_incremental(&vm, b"").unwrap_err();
+    assert!(matches!(err, Error::Io { op: "create", .. }), "{err}");
+    assert!(!dir.join(layer_name(1)).exists());
+    std::fs::remove_dir(&obstacle).unwrap();
+    // The pages of the failed layer are in the next one, with those dirtied since.
+    run_to_report(&mut vcpu);
+    let one = w.write_incremental(&vm, b"").unwrap();
+    assert_eq!((one.sequence, one.pages), (1, 5), "{one:?}");
+    let target = fresh(&kvm);
+    snapshot::restore(&dir, &target).unwrap();
+    assert!(contents(&target) == contents(&vm));
+    // A new snapshot cannot be started over an old one.
+    assert!(matches!(
+        SnapshotWriter::create(&dir),
+        Err(Error::DirectoryNotEmpty { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn durable_layers_leave_no_dirty_page_cache_and_others_may() {
+    let Some(kvm) = kvm_or_skip("snapshot_durable") else {
+        return;
+    };
+    let dirty = |path: &Path| {
+        let file = std::fs::File::open(path).unwrap();
+        let len = file.metadata().unwrap().len();
+        let stat = base::page_cache::cachestat(std::os::fd::AsFd::as_fd(&file), 0, len).unwrap();
+        stat.dirty + stat.writeback
+    };
+    let (vm, _vcpu) = vm(&kvm, &program());
+    let lazy_dir = scratch("lazy");
+    SnapshotWriter::create(&lazy_dir)
+        .unwrap()
+        .durable(false)
+        .write_full(&vm, b"")
+        .unwrap();
+    // The negative control: a layer not flushed still has dirty pages right after.
+    let lazy = dirty(&lazy_dir.join(layer_name(0)));
+    vm.set_dirty_logging(0, false).unwrap();
+    vm.set_dirty_logging(0, true).unwrap();
+    let dir = scratch("durable");
+    SnapshotWriter::create(&dir)
+        .unwrap()
+        .write_full(&vm, b"")
+        .unwrap();
+    assert_eq!(dirty(&dir.join(layer_name(0))), 0);
+    assert!(
+        lazy > 0,
+        "the unflushed layer had no dirty page: the check proves nothing"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&lazy_dir).unwrap();
+}
+
+/// Rewrites a layer's header checksum and layer checksum after an edit, so that only the
+/// edit is wrong.
+fn reseal(bytes: &mut [u8]) {
+    bytes[52..56].fill(0);
+    let header = crc32fast::hash(&bytes[..64]);
+    bytes[52..56].copy_from_slice(&header.to_le_bytes());
+    let end = bytes.len() - 16;
+    let layer = crc32fast::hash(&bytes[..end]);
+    bytes[end..end + 4].copy_from_slice(&layer.to_le_bytes());
+}
+
+#[test]
+fn bad_layers_are_refused_each_with_its_own_error() {
+    let Some(kvm) = kvm_or_skip("snapshot_refusals") else {
+        return;
+    };
+    let dir = scratch("refusals");
+    let (vm, mut vcpu) = vm(&kvm, &program());
+    let mut w = SnapshotWriter::create(&dir).unwrap().durable(false);
+    w.write_full(&vm, b"state").unwrap();
+    run_to_report(&mut vcpu);
+    w.write_incremental(&vm, b"state").unwrap();
+    let l0 = dir.join(layer_name(0));
+    let l1 = dir.join(layer_name(1));
+    let good0 = std::fs::read(&l0).unwrap();
+    let good1 = std::fs::read(&l1).unwrap();
+    let len1 = good1.len();
+    // Layer 1: header 64, 2 slots (48), runs, state 5, data, trailer 16.
+    let runs = u64::from_le_bytes(good1[24..32].try_into().unwrap()) as usize;
+    let data_at = 64 + 48 + runs * 24 + 5;
+    let run_at = 64 + 48;
+
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    type Expected = fn(&Error) -> bool;
+    let cases: Vec<(&str, Edit, Expected)> = vec![
+        (
+            "truncated in the header",
+            Box::new(|b| b.truncate(40)),
+            |e| {
+                matches!(
+                    e,
+                    Error::Truncated {
+                        offset: 0,
+                        needed: 64,
+                        len: 40,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "truncated in the data",
+            Box::new(move |b| b.truncate(data_at + 10)),
+            |e| matches!(e, Error::Truncated { .. }),
+        ),
+        (
+            "truncated trailer",
+            Box::new(move |b| b.truncate(len1 - 1)),
+            |e| matches!(e, Error::Truncated { needed: 1, .. }),
+        ),
+        ("a byte past the end", Box::new(|b| b.push(0)), |e| {
+            matches!(e, Error::Malformed { .. })
+        }),
+        (
+            "a data byte flipped",
+            Box::new(move |b| b[data_at + 4] ^= 1),
+            |e| matches!(e, Error::LayerChecksum { .. }),
+        ),
+        (
+            "the state flipped",
+            Box::new(move |b| b[data_at - 1] ^= 1),
+            |e| matches!(e, Error::LayerChecksum { .. }),
+        ),
+        ("a header byte flipped", Box::new(|b| b[20] ^= 0x80), |e| {
+            matches!(e, Error::HeaderChecksum { .. })
+        }),
+        (
+            "another magic",
+            Box::new(|b| b[0] = b'X'),
+            |e| matches!(e, Error::BadMagic { found, .. } if found[0] == b'X'),
+        ),
+        (
+            "version 2",
+            Box::new(|b| {
+                b[8] = 2;
+                reseal(b)
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::UnsupportedVersion {
+                        version: 2,
+                        supported: 1,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "another parent",
+            Box::new(|b| {
+                b[48] ^= 1;
+                reseal(b)
+            }),
+            |e| matches!(e, Error::ChainBroken { sequence: 1, .. }),
+        ),
+        (
+            "sequence 7",
+            Box::new(|b| {
+                b[16] = 7;
+                reseal(b)
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::SequenceMismatch {
+                        expected: 1,
+                        found: 7,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a full layer second",
+            Box::new(|b| {
+                b[12] = 0;
+                reseal(b)
+            }),
+            |e| matches!(e, Error::FirstLayerKind { sequence: 1, .. }),
+        ),
+        (
+            "a run past its slot",
+            Box::new(move |b| {
+                b[run_at + 8..run_at + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+                reseal(b)
+            }),
+            |e| matches!(e, Error::RunOutsideSlot { offset, .. } if *offset == 1 << 40),
+        ),
+        (
+            "a run in an unlisted slot",
+            Box::new(move |b| {
+                b[run_at] = 9;
+                reseal(b)
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::RunOutsideSlot {
+                        slot: 9,
+                        slot_size: 0,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a run offset not a page",
+            Box::new(move |b| {
+                b[run_at + 8] = 8;
+                reseal(b)
+            }),
+            |e| matches!(e, Error::Malformed { .. }),
+        ),
+        (
+            "a run count of 2^61",
+            Box::new(|b| {
+                b[24..32].copy_from_slice(&(1u64 << 61).to_le_bytes());
+                reseal(b)
+            }),
+            |e| matches!(e, Error::Malformed { .. }),
+        ),
+        (
+            "a huge data length",
+            Box::new(|b| {
+                b[40..48].copy_from_slice(&(1u64 << 50).to_le_bytes());
+                reseal(b)
+            }),
+            |e| matches!(e, Error::Truncated { .. }),
+        ),
+        (
+            "a slot count of 2^20",
+            Box::new(|b| {
+                b[20..24].copy_from_slice(&(1u32 << 20).to_le_bytes());
+                reseal(b)
+            }),
+            |e| matches!(e, Error::Malformed { .. }),
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let mut bytes = good1.clone();
+        edit(&mut bytes);
+        std::fs::write(&l1, &bytes).unwrap();
+        let err = snapshot::verify(&dir).unwrap_err();
+        assert!(expected(&err), "{name}: {err}");
+        // Restore refuses it the same way.
+        let err = snapshot::restore(&dir, &fresh(&kvm)).unwrap_err();
+        assert!(expected(&err), "{name} (restore): {err}");
+    }
+    std::fs::write(&l1, &good1).unwrap();
+    snapshot::verify(&dir).unwrap();
+
+    // An incremental layer first; no layer at all.
+    std::fs::write(&l0, &good1).unwrap();
+    let err = snapshot::verify(&dir).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SequenceMismatch {
+                expected: 0,
+                found: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut incremental_first = good1.clone();
+    incremental_first[16] = 0;
+    reseal(&mut incremental_first);
+    std::fs::write(&l0, &incremental_first).unwrap();
+    let err = snapshot::verify(&dir).unwrap_err();
+    assert!(
+        matches!(err, Error::FirstLayerKind { sequence: 0, .. }),
+        "{err}"
+    );
+    std::fs::write(&l0, &good0).unwrap();
+    let empty = scratch("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert!(matches!(
+        snapshot::verify(&empty),
+        Err(Error::NoLayers { .. })
+    ));
+
+    // A VM whose slots are not the snapshot's: no added slot, or one elsewhere.
+    let other = KvmVm::new(&kvm, GuestMemory::new(&[(GuestAddress(0), RAM)]).unwrap()).unwrap();
+    let err = snapshot::restore(&dir, &other).unwrap_err();
+    assert!(matches!(err, Error::SlotMismatch { slot: 1, .. }), "{err}");
+    let small = KvmVm::new(
+        &kvm,
+        GuestMemory::new(&[(GuestAddress(0), RAM / 2)]).unwrap(),
+    )
+    .unwrap();
+    let err = snapshot::restore(&dir, &small).unwrap_err();
+    assert!(matches!(err, Error::SlotMismatch { slot: 0, .. }), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&empty).unwrap();
+}
