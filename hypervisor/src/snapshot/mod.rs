@@ -68,6 +68,8 @@ pub struct LayerSummary {
     pub file_bytes: u64,
     /// Its layer checksum, which the next layer names as its parent.
     pub checksum: u32,
+    /// Time spent collecting the dirty pages (0 for reads).
+    pub harvest_time: Duration,
     /// Time spent moving page data (copying out of, or into, guest memory with the file I/O).
     pub copy_time: Duration,
     /// Time spent making the layer durable (0 when not asked, and for reads).

@@ -112,6 +112,7 @@ fn read_chain(dir: &Path, vm: Option<&dyn Vm>) -> Result<Restored> {
             data_bytes: data_len,
             file_bytes: file_len,
             checksum,
+            harvest_time: Duration::ZERO,
             copy_time: start.elapsed(),
             sync_time: Duration::ZERO,
             total_time: start.elapsed(),

@@ -78,7 +78,9 @@ impl SnapshotWriter {
                 expected: "incremental",
             });
         }
+        let begun = Instant::now();
         let harvest = vm.harvest_dirty_log()?;
+        let harvest_time = begun.elapsed();
         let slots = logged_slots(vm);
         let runs: Vec<DirtyRun> = slots
             .iter()
@@ -89,8 +91,9 @@ impl SnapshotWriter {
                 len: s.size,
             })
             .collect();
-        let summary = self.write_layer(vm, KIND_FULL, &slots, &runs, state)?;
+        let mut summary = self.write_layer(vm, KIND_FULL, &slots, &runs, state)?;
         harvest.commit();
+        summary.harvest_time = harvest_time;
         Ok(summary)
     }
 
@@ -105,11 +108,14 @@ impl SnapshotWriter {
                 expected: "full",
             });
         }
+        let begun = Instant::now();
         let harvest = vm.harvest_dirty_log()?;
-        let slots = logged_slots(vm);
         let runs: Vec<DirtyRun> = harvest.runs().collect();
-        let summary = self.write_layer(vm, KIND_INCREMENTAL, &slots, &runs, state)?;
+        let harvest_time = begun.elapsed();
+        let slots = logged_slots(vm);
+        let mut summary = self.write_layer(vm, KIND_INCREMENTAL, &slots, &runs, state)?;
         harvest.commit();
+        summary.harvest_time = harvest_time;
         Ok(summary)
     }
 
@@ -236,6 +242,7 @@ impl SnapshotWriter {
             data_bytes: data_len,
             file_bytes,
             checksum,
+            harvest_time: Duration::ZERO,
             copy_time: copy,
             sync_time: if self.durable {
                 sync_start.elapsed()
