@@ -97,7 +97,24 @@ impl<'a> DirtyHarvest<'a> {
         }
     }
 
-    /// The dirty runs, by slot number and then by address, contiguous pages merged.
+    /// Calls `f` with each dirty run, by slot number and then by address, contiguous pages
+    /// merged: the fast way through a harvest.
+    pub fn for_each_run(&self, mut f: impl FnMut(DirtyRun)) {
+        let page = self.page_size;
+        for (&slot, s) in &self.pages.slots {
+            s.bitmap.for_each_run(|first, count| {
+                f(DirtyRun {
+                    slot,
+                    guest_addr: GuestAddress(s.guest_addr + first as u64 * page),
+                    offset: first as u64 * page,
+                    len: count as u64 * page,
+                })
+            });
+        }
+    }
+
+    /// The dirty runs as an iterator, in the order of [`for_each_run`](Self::for_each_run)
+    /// (which is several times faster when there are many short runs).
     pub fn runs(&self) -> impl Iterator<Item = DirtyRun> + '_ {
         let page = self.page_size;
         self.pages.slots.iter().flat_map(move |(&slot, s)| {

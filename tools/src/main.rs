@@ -59,6 +59,10 @@ enum Command {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Run only these groups of rows (base, vm_memory, rust_vmm, hypervisor, tube,
+        /// dirty, snapshot); may be given more than once.
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// Serve a disk file as a vhost-user-blk device on a Unix socket (QEMU:
     /// `-chardev socket,path=PATH,id=c -device vhost-user-blk-pci,chardev=c`), until killed.
@@ -116,7 +120,7 @@ fn main() -> ExitCode {
             }
             None => Ok(ok),
         }),
-        Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
+        Command::Bench { quick, json, only } => bench::bench(quick, json.as_deref(), &only),
         Command::VhostUserBlk {
             socket,
             disk,

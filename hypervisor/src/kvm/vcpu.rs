@@ -361,6 +361,12 @@ impl KvmVcpu {
     }
 }
 
+impl std::os::fd::AsFd for KvmVcpu {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Vcpu for KvmVcpu {
     fn id(&self) -> usize {
         self.id

@@ -15,8 +15,135 @@ use super::format::*;
 use super::{Error, LayerSummary, Result};
 use crate::{MemSlot, Vm};
 
-/// Bytes read from a layer at a time.
-const CHUNK: usize = 1 << 20;
+/// Bytes read into guest memory per call.
+const CHUNK: usize = 4 << 20;
+/// Bytes copied out at a time for the checksum: small enough to stay in the CPU's caches.
+const SUM_CHUNK: usize = 64 << 10;
+
+/// A piece of a layer's data for the checksum: where to find its bytes now.
+enum Chunk<'a> {
+    /// Already read into a slot of the VM.
+    Guest {
+        vm: &'a dyn Vm,
+        slot: MemSlot,
+        offset: usize,
+        len: usize,
+    },
+    /// Still only in the file.
+    File { at: u64, len: usize },
+}
+
+/// Reads `n` bytes of `file` at `at` straight into `offset..offset + n` of `slot`.
+#[allow(clippy::too_many_arguments)]
+fn read_into(
+    vm: &dyn Vm,
+    slot: MemSlot,
+    offset: usize,
+    n: usize,
+    file: &File,
+    at: u64,
+    path: &Path,
+    file_len: u64,
+) -> Result<()> {
+    let mut short = None;
+    vm.with_slot_memory(slot, offset, n, &mut |slice| {
+        let mut got = 0;
+        while got < n {
+            // SAFETY: the kernel writes `n - got` bytes inside `slice`, which names live,
+            // writable guest memory for as long as this closure runs.
+            let ret = unsafe {
+                libc::pread(
+                    std::os::fd::AsRawFd::as_raw_fd(file),
+                    slice.as_ptr().add(got) as *mut libc::c_void,
+                    n - got,
+                    (at + got as u64) as libc::off_t,
+                )
+            };
+            match ret {
+                0 => {
+                    short = Some(got);
+                    return Ok(());
+                }
+                k if k > 0 => got += k as usize,
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| match e {
+        crate::Error::SlotMemoryAccess { source, .. } => Error::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source,
+        },
+        e => Error::Vm(e),
+    })?;
+    match short {
+        // The file shrank after it was opened.
+        Some(got) => Err(Error::Truncated {
+            path: path.to_path_buf(),
+            offset: at + got as u64,
+            needed: (n - got) as u64,
+            len: file_len,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Continues `hasher` over the chunks, in order, as they arrive.
+fn sum_chunks(
+    chunks: std::sync::mpsc::Receiver<Chunk<'_>>,
+    file: &File,
+    path: &Path,
+    mut hasher: crc32fast::Hasher,
+) -> Result<crc32fast::Hasher> {
+    let mut buf = vec![0u8; SUM_CHUNK];
+    for chunk in chunks {
+        match chunk {
+            Chunk::Guest {
+                vm,
+                slot,
+                offset,
+                len,
+            } => {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(SUM_CHUNK);
+                    vm.with_slot_memory(slot, offset + done, n, &mut |slice| {
+                        slice.copy_to(&mut buf[..n]);
+                        Ok(())
+                    })?;
+                    hasher.update(&buf[..n]);
+                    done += n;
+                }
+            }
+            Chunk::File { at, len } => {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(SUM_CHUNK);
+                    std::os::unix::fs::FileExt::read_exact_at(
+                        file,
+                        &mut buf[..n],
+                        at + done as u64,
+                    )
+                    .map_err(|source| Error::Io {
+                        op: "read",
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                    hasher.update(&buf[..n]);
+                    done += n;
+                }
+            }
+        }
+    }
+    Ok(hasher)
+}
 
 /// What [`restore`] brought back.
 #[derive(Debug)]
@@ -75,30 +202,15 @@ fn read_chain(dir: &Path, vm: Option<&dyn Vm>) -> Result<Restored> {
     let mut layers = Vec::with_capacity(count as usize);
     let mut parent = 0u32;
     let mut state = Vec::new();
-    let mut buf = vec![0u8; CHUNK];
     for sequence in 0..count {
         let path = dir.join(layer_name(sequence));
         let start = Instant::now();
         let mut layer = Layer::open(&path)?;
         layer.check_place(sequence, parent)?;
         layer.read_tables()?;
-        for run in layer.runs.clone() {
-            let (slot, offset, len) = (run.slot.get(), run.offset.get(), run.len.get());
-            let target = vm.filter(|_| newest.get(&slot) == layer.slots.get(&slot));
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(CHUNK as u64) as usize;
-                layer.read_exact(&mut buf[..n])?;
-                if let Some(vm) = target {
-                    let bytes = &buf[..n];
-                    vm.with_slot_memory(slot, (offset + done) as usize, n, &mut |slice| {
-                        slice.copy_from(bytes);
-                        Ok(())
-                    })?;
-                }
-                done += n as u64;
-            }
-        }
+        let layer_slots = layer.slots.clone();
+        // Only into slots the newest layer still has as they were in this one.
+        layer.read_data(vm, |slot| newest.get(&slot) == layer_slots.get(&slot))?;
         let (runs, data_len, file_len) = (layer.runs.len(), layer.data_len, layer.file_len);
         state = std::mem::take(&mut layer.state);
         let checksum = layer.finish()?;
@@ -356,6 +468,64 @@ impl Layer {
         })?;
         self.hasher.update(buf);
         self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Reads the data section: each run's bytes go straight from the file into `vm`'s slot
+    /// when `keep(slot)` says so (and are skipped otherwise), while another thread reads
+    /// them again, from guest memory, or from the file for runs not kept, for the checksum.
+    /// What is checked is what landed in the VM.
+    fn read_data(&mut self, vm: Option<&dyn Vm>, keep: impl Fn(MemSlot) -> bool) -> Result<()> {
+        let (file, path) = (&self.file, &self.path);
+        let (file_len, mut at) = (self.file_len, self.pos);
+        let hasher = std::mem::take(&mut self.hasher);
+        let hasher = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(64);
+            let summer = scope.spawn(move || sum_chunks(rx, file, path, hasher));
+            let mut read = Ok(());
+            'runs: for r in &self.runs {
+                let (slot, offset, len) = (r.slot.get(), r.offset.get(), r.len.get());
+                let target = vm.filter(|_| keep(slot));
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(CHUNK as u64) as usize;
+                    let chunk = match target {
+                        Some(vm) => {
+                            let into = (offset + done) as usize;
+                            read = read_into(vm, slot, into, n, file, at, path, file_len);
+                            Chunk::Guest {
+                                vm,
+                                slot,
+                                offset: into,
+                                len: n,
+                            }
+                        }
+                        None => Chunk::File { at, len: n },
+                    };
+                    // A summer that stopped has its error waiting in `join`.
+                    if read.is_err() || tx.send(chunk).is_err() {
+                        break 'runs;
+                    }
+                    done += n as u64;
+                    at += n as u64;
+                }
+            }
+            drop(tx);
+            let summed = match summer.join() {
+                Ok(summed) => summed,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            read.and(summed)
+        })?;
+        self.hasher = hasher;
+        self.pos += self.data_len;
+        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.pos)).map_err(
+            |source| Error::Io {
+                op: "seek",
+                path: self.path.clone(),
+                source,
+            },
+        )?;
         Ok(())
     }
 

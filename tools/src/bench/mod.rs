@@ -14,9 +14,11 @@
 //! over precomputed addresses (see [`harness`]). Microsecond-scale ones are one call each.
 
 mod base_rows;
+mod dirty_rows;
 mod harness;
 mod hypervisor_rows;
 mod rust_vmm_rows;
+mod snapshot_rows;
 mod tube_rows;
 mod vm_memory_rows;
 
@@ -27,8 +29,24 @@ use harness::Plan;
 
 const MIB: usize = 1 << 20;
 
-/// Runs every workload and prints a table of ratios; with `json`, writes it there too.
-pub fn bench(quick: bool, json: Option<&Path>) -> Result<bool, String> {
+/// The groups of rows, as `--only` names them.
+pub const GROUPS: [&str; 7] = [
+    "base",
+    "vm_memory",
+    "rust_vmm",
+    "hypervisor",
+    "tube",
+    "dirty",
+    "snapshot",
+];
+
+/// Runs every workload (or those of the groups in `only`) and prints a table of ratios;
+/// with `json`, writes it there too.
+pub fn bench(quick: bool, json: Option<&Path>, only: &[String]) -> Result<bool, String> {
+    if let Some(bad) = only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        return Err(format!("no bench group {bad:?}; the groups are {GROUPS:?}"));
+    }
+    let run = |group: &str| only.is_empty() || only.iter().any(|g| g == group);
     let plan = if quick {
         Plan {
             rounds: 7,
@@ -43,13 +61,33 @@ pub fn bench(quick: bool, json: Option<&Path>) -> Result<bool, String> {
     harness::print_header();
     let start = Instant::now();
     let mut rows = Vec::new();
-    base_rows::rows(&plan, &mut rows);
-    vm_memory_rows::rows(&plan, quick, &mut rows);
-    rust_vmm_rows::rows(&plan, &mut rows);
-    if let Err(e) = hypervisor_rows::rows(&plan, &mut rows) {
-        println!("(skipped) {e}");
+    if run("base") {
+        base_rows::rows(&plan, &mut rows);
     }
-    tube_rows::rows(&plan, &mut rows);
+    if run("vm_memory") {
+        vm_memory_rows::rows(&plan, quick, &mut rows);
+    }
+    if run("rust_vmm") {
+        rust_vmm_rows::rows(&plan, &mut rows);
+    }
+    if run("hypervisor") {
+        if let Err(e) = hypervisor_rows::rows(&plan, &mut rows) {
+            println!("(skipped) {e}");
+        }
+    }
+    if run("tube") {
+        tube_rows::rows(&plan, &mut rows);
+    }
+    if run("dirty") {
+        if let Err(e) = dirty_rows::rows(quick, &mut rows) {
+            println!("(skipped) {e}");
+        }
+    }
+    if run("snapshot") {
+        if let Err(e) = snapshot_rows::rows(&mut rows) {
+            println!("(skipped) {e}");
+        }
+    }
     println!(
         "{} workloads in {:.1} s",
         rows.len(),
