@@ -9,6 +9,7 @@
 pub mod guest_memory;
 pub mod input;
 pub mod mmio;
+pub mod snapshot_layer;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod vm_memory_request;

@@ -11,6 +11,12 @@
 //! is never held across a blocking `msync` or `madvise`; and dirty logging works for boot RAM
 //! slots too, into a caller's buffer, without allocating.
 
+// The snapshot guide's example builds as a doc test (only then is the file read, so a
+// packaged crate without the guide still builds).
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guides/snapshots.md")]
+struct SnapshotGuide;
+
 mod dirty;
 mod error;
 pub mod kvm;
