@@ -10,7 +10,6 @@
 //! and marked cold.
 
 use std::mem::size_of;
-use std::sync::atomic::Ordering;
 
 use base::{MappedRegion, MemoryMapping, VolatileMemoryError, VolatileSlice};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -27,6 +26,20 @@ impl GuestMemory {
             .table
             .find_host(addr.0, len as u64)
             .map(|host| host as *mut u8)
+    }
+
+    /// The slice for `addr..addr + len` when it lies in one region and may be written
+    /// without marking it (dirty tracking is off).
+    #[inline(always)]
+    fn single_region_slice_for_write(
+        &self,
+        addr: GuestAddress,
+        len: usize,
+    ) -> Option<VolatileSlice<'_>> {
+        let host = self.inner.table.find_host_for_write(addr.0, len as u64)? as *mut u8;
+        // SAFETY: as in `single_region_slice`: the table said the range lies in one
+        // region's live read-write mapping, which `self.inner` owns.
+        Some(unsafe { VolatileSlice::from_raw_parts(host, len) })
     }
 
     /// The slice for `addr..addr + len` when it lies in one region.
@@ -49,7 +62,7 @@ impl GuestMemory {
     /// of a flag and a branch that is never taken while tracking is off.
     #[inline(always)]
     fn note_written(&self, addr: GuestAddress, len: usize) {
-        if self.inner.tracking.load(Ordering::Relaxed) {
+        if self.inner.table.tracking() {
             self.mark_written(addr, len);
         }
     }
@@ -159,9 +172,8 @@ impl GuestMemory {
     /// Writes all of `buf` at `addr`, across contiguous regions, or fails without writing.
     #[inline]
     pub fn write_all_at_addr(&self, buf: &[u8], addr: GuestAddress) -> Result<()> {
-        if let Some(slice) = self.single_region_slice(addr, buf.len()) {
+        if let Some(slice) = self.single_region_slice_for_write(addr, buf.len()) {
             slice.copy_from(buf);
-            self.note_written(addr, buf.len());
             return Ok(());
         }
         self.write_all_across(buf, addr)
@@ -223,14 +235,8 @@ impl GuestMemory {
         val: T,
         addr: GuestAddress,
     ) -> Result<()> {
-        match self.single_region_slice(addr, size_of::<T>()) {
-            Some(slice) => {
-                slice
-                    .write_obj(val, 0)
-                    .map_err(|e| volatile_error(addr, e))?;
-                self.note_written(addr, size_of::<T>());
-                Ok(())
-            }
+        match self.single_region_slice_for_write(addr, size_of::<T>()) {
+            Some(slice) => slice.write_obj(val, 0).map_err(|e| volatile_error(addr, e)),
             None => self.write_obj_across(val.as_bytes(), addr),
         }
     }
@@ -278,15 +284,15 @@ impl GuestMemory {
         addr: GuestAddress,
     ) -> Result<()> {
         check_volatile_obj::<T>(addr)?;
-        let written = match self.single_region_slice(addr, size_of::<T>()) {
+        match self.single_region_slice_for_write(addr, size_of::<T>()) {
             // As in `read_obj_from_addr_volatile`.
-            Some(slice) if size_of::<T>() <= 8 => slice.write_obj_volatile(val, 0),
-            Some(slice) => slice.write_obj(val, 0),
-            None => return self.write_obj_across(val.as_bytes(), addr),
-        };
-        written.map_err(|e| volatile_error(addr, e))?;
-        self.note_written(addr, size_of::<T>());
-        Ok(())
+            Some(slice) if size_of::<T>() <= 8 => slice
+                .write_obj_volatile(val, 0)
+                .map_err(|e| volatile_error(addr, e)),
+            Some(slice) => slice.write_obj(val, 0).map_err(|e| volatile_error(addr, e)),
+            // Across regions, or tracking on: untorn pieces, then the pages are marked.
+            None => self.write_obj_across(val.as_bytes(), addr),
+        }
     }
 
     /// A slice of `len` bytes at `addr`, which must lie in one region. With dirty tracking

@@ -4,7 +4,6 @@
 //! [`GuestMemory`]: the guest's physical RAM layout, how it is built, and what it can say
 //! about itself. The ways to read and write it by guest address are in `access.rs`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use base::{pagesize, MemfdSeals, MemoryMapping, SharedMemory};
@@ -18,8 +17,6 @@ pub(crate) struct Inner {
     pub(crate) table: RegionTable,
     pub(crate) regions: Box<[MemoryRegion]>,
     memory_size: u64,
-    /// Whether writes through this memory mark the regions' dirty bitmaps.
-    pub(crate) tracking: AtomicBool,
 }
 
 /// Guest physical memory: sorted, non-overlapping regions, each a shared mapping of the RAM
@@ -139,7 +136,6 @@ impl GuestMemory {
                 table: RegionTable::new(&entries),
                 regions: regions.into_boxed_slice(),
                 memory_size,
-                tracking: AtomicBool::new(false),
             }),
         }
     }
@@ -255,6 +251,8 @@ impl GuestMemory {
 
     /// Turns recording of the VMM's own writes on or off, for every clone of this memory.
     ///
+    /// While it is off, a write costs what it did before tracking existed: the switch lives
+    /// in the lookup itself, and with it on, writes take the path that marks their pages.
     /// While it is on, every write made through this `GuestMemory` (the `write_*` calls, and
     /// [`remove_range`](Self::remove_range)) marks its pages in the region's
     /// [`dirty_bitmap`](MemoryRegion::dirty_bitmap) after the bytes are written, and
@@ -265,12 +263,12 @@ impl GuestMemory {
     /// `rust-vmm`), which carry no bitmap. Switch it on before the baseline copy, while no
     /// other thread writes guest memory: a write racing the switch may go unrecorded.
     pub fn set_dirty_tracking(&self, on: bool) {
-        self.inner.tracking.store(on, Ordering::SeqCst);
+        self.inner.table.set_tracking(on);
     }
 
     /// Whether the VMM's writes are being recorded.
     pub fn dirty_tracking(&self) -> bool {
-        self.inner.tracking.load(Ordering::SeqCst)
+        self.inner.table.tracking()
     }
 
     /// Marks the pages of `addr..addr + len` (across contiguous regions) as written by the

@@ -24,6 +24,8 @@
 //! span) falls back to a binary search over them. The index is out of line and cold, so that
 //! a call site inlines only the two checks above.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 /// Buckets of the exact map (8 bytes each, inline in the table): room for a thousand evenly
 /// spaced slots with holes between them.
 const EXACT: usize = 2048;
@@ -68,6 +70,12 @@ pub(crate) struct RegionTable {
     /// The largest region, checked before anything else.
     fast: Entry,
     fast_index: usize,
+    /// The largest region's length as writes see it: 0 while dirty tracking is on, so that
+    /// every write takes the path that marks its pages, and the fast path of a write with
+    /// tracking off is the very instructions of a read.
+    fast_write_len: AtomicU64,
+    /// Whether writes through this table must be marked dirty.
+    tracking: AtomicBool,
     shift: u32,
     /// Search steps over a bucket's window: log2 of the most regions a bucket holds, at most
     /// 3 (`WINDOW`).
@@ -134,6 +142,8 @@ impl RegionTable {
             exact,
             fast: entries[fast_index],
             fast_index,
+            fast_write_len: AtomicU64::new(entries[fast_index].len),
+            tracking: AtomicBool::new(false),
             shift,
             steps: most.next_power_of_two().trailing_zeros(),
             buckets,
@@ -189,6 +199,37 @@ impl RegionTable {
             }
         }
         self.find_host_indexed(addr, len)
+    }
+
+    /// [`find_host`](Self::find_host) for an access that writes: `None` (so that the caller
+    /// takes its slow path, which marks the pages) whenever dirty tracking is on.
+    #[inline(always)]
+    pub fn find_host_for_write(&self, addr: u64, len: u64) -> Option<usize> {
+        // A relaxed atomic load is a plain load: the same instructions as `find_host`'s.
+        let fast_len = self.fast_write_len.load(Ordering::Relaxed);
+        let offset = addr.wrapping_sub(self.fast.start);
+        if let Some(room) = fast_len.checked_sub(len) {
+            if offset <= room && offset < fast_len {
+                return Some(self.fast.host.wrapping_add(offset as usize));
+            }
+        }
+        if self.tracking.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.find_host(addr, len)
+    }
+
+    /// Turns the marking of writes on or off (see `find_host_for_write`).
+    pub fn set_tracking(&self, on: bool) {
+        self.tracking.store(on, Ordering::SeqCst);
+        let len = if on { 0 } else { self.fast.len };
+        self.fast_write_len.store(len, Ordering::SeqCst);
+    }
+
+    /// Whether writes must be marked.
+    #[inline(always)]
+    pub fn tracking(&self) -> bool {
+        self.tracking.load(Ordering::Relaxed)
     }
 
     /// [`find_host`](Self::find_host) for what the fast region and the exact map do not
