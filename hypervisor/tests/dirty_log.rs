@@ -420,3 +420,39 @@ fn slot_memory_is_read_and_written_in_range_only() {
     assert!(slots[0].boot_ram && !slots[1].boot_ram);
     assert_eq!(slots[1].size, 4 * P);
 }
+
+#[test]
+fn manual_protect_re_arms_every_chunk_of_a_slot_past_a_gib() {
+    let Some(kvm) = kvm_or_skip("dirty_log_chunks") else {
+        return;
+    };
+    // 1 GiB and 8 pages: two CLEAR chunks. Pages in the first, at its very end, and in the
+    // second must each be reported again after they are written again.
+    let base = 1u64 << 30;
+    let pages = [0u64, 262_143, 262_147];
+    let mut code = Asm::default();
+    for &p in &pages {
+        code = code.store_imm((base + p * P) as u32, p as u32 + 1);
+    }
+    let code = code.hlt();
+    let mem = GuestMemory::new(&[
+        (GuestAddress(0), 16 * P),
+        (GuestAddress(base), (1 << 30) + 8 * P),
+    ])
+    .unwrap();
+    mem.write_all_at_addr(&code.0, GuestAddress(CODE)).unwrap();
+    let vm = KvmVm::new_with_dirty_log(&kvm, mem, DirtyLogMode::ManualProtect).unwrap();
+    if vm.dirty_log_mode() != DirtyLogMode::ManualProtect {
+        println!("KVM-SKIP dirty_log_chunks: no manual protection here");
+        return;
+    }
+    vm.set_dirty_logging(1, true).unwrap();
+    harvest(&vm);
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    for round in 0..3 {
+        vcpu.set_flat_protected_mode(CODE as u32).unwrap();
+        assert_eq!(run(&mut vcpu), VcpuExit::Hlt);
+        let got: Vec<u64> = harvest(&vm).iter().map(|r| r.offset / P).collect();
+        assert_eq!(got, pages, "round {round}");
+    }
+}
