@@ -367,7 +367,7 @@ fn range_plumbing_uses_checked_arithmetic() {
     let region: &dyn MappedRegion = &arena;
     for (offset, len) in [(usize::MAX, 2), (usize::MAX - 0x10, 0x20), (P, usize::MAX)] {
         let err = region
-            .for_each_mapped_range(offset, len, &mut |_, _| panic!("called"))
+            .for_each_mapped_range(offset, len, &mut |_, _, _| panic!("called"))
             .unwrap_err();
         assert!(
             matches!(err, Error::Overflow { .. }),
@@ -380,7 +380,7 @@ fn range_plumbing_uses_checked_arithmetic() {
         );
     }
     let err = region
-        .for_each_mapped_range(4 * P, 5 * P, &mut |_, _| panic!("called"))
+        .for_each_mapped_range(4 * P, 5 * P, &mut |_, _, _| panic!("called"))
         .unwrap_err();
     assert!(
         matches!(err, Error::InvalidAddress { offset, size, .. } if offset == 4 * P && size == 5 * P),
@@ -388,12 +388,51 @@ fn range_plumbing_uses_checked_arithmetic() {
     );
     let mut seen = Vec::new();
     region
-        .for_each_mapped_range(0, 8 * P, &mut |o, l| {
-            seen.push((o, l));
+        .for_each_mapped_range(0, 8 * P, &mut |o, l, prot| {
+            seen.push((o, l, prot));
             Ok(())
         })
         .unwrap();
-    assert_eq!(seen, [(0, P)]);
+    assert_eq!(seen, [(0, P, Protection::read_write())]);
+}
+
+#[test]
+fn mapped_ranges_carry_each_sub_mappings_protection() {
+    let mut arena = MemoryMappingArena::new(8 * P).unwrap();
+    arena.add_anon(0, 2 * P).unwrap();
+    arena
+        .add_anon_protection(3 * P, P, Protection::read())
+        .unwrap();
+    arena.add_anon(5 * P, P).unwrap();
+    // Part of the first, a hole, the read-only one, a hole, the last.
+    let mut seen = Vec::new();
+    (&arena as &dyn MappedRegion)
+        .for_each_mapped_range(P, 6 * P, &mut |o, l, prot| {
+            seen.push((o, l, prot));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        [
+            (P, P, Protection::read_write()),
+            (3 * P, P, Protection::read()),
+            (5 * P, P, Protection::read_write()),
+        ]
+    );
+    // A protect splits the books, and the report follows it.
+    arena.protect(0, P, Protection::read()).unwrap();
+    let mut seen = Vec::new();
+    (&arena as &dyn MappedRegion)
+        .for_each_mapped_range(0, 2 * P, &mut |o, l, prot| {
+            seen.push((o, l, prot));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        [(0, P, Protection::read()), (P, P, Protection::read_write())]
+    );
 }
 
 #[test]

@@ -618,7 +618,7 @@ fn range_operations_never_reach_past_a_region() {
         (PAGE, usize::MAX),
     ] {
         let err = region
-            .for_each_mapped_range(offset, len, &mut |_, _| panic!("called"))
+            .for_each_mapped_range(offset, len, &mut |_, _, _| panic!("called"))
             .unwrap_err();
         assert!(
             matches!(err, Error::Overflow { .. }),
@@ -626,7 +626,7 @@ fn range_operations_never_reach_past_a_region() {
         );
     }
     let err = region
-        .for_each_mapped_range(0, 2 * PAGE, &mut |_, _| panic!("called"))
+        .for_each_mapped_range(0, 2 * PAGE, &mut |_, _, _| panic!("called"))
         .unwrap_err();
     assert!(matches!(err, Error::InvalidAddress { .. }), "{err}");
 }
@@ -937,4 +937,31 @@ fn unaligned_volatile_errors_name_the_callers_offset() {
         "{err}"
     );
     assert!(err.to_string().contains("offset 0x3"), "{err}");
+}
+
+#[test]
+fn mapped_ranges_carry_the_mappings_protection() {
+    let report = |region: &dyn MappedRegion, offset, len| {
+        let mut seen = Vec::new();
+        region
+            .for_each_mapped_range(offset, len, &mut |o, l, prot| {
+                seen.push((o, l, prot));
+                Ok(())
+            })
+            .unwrap();
+        seen
+    };
+    let ro = MemoryMappingBuilder::new(2 * PAGE)
+        .protection(Protection::read())
+        .build()
+        .unwrap();
+    assert_eq!(report(&ro, PAGE, PAGE), [(PAGE, PAGE, Protection::read())]);
+    let rw = MemoryMappingBuilder::new(2 * PAGE).build().unwrap();
+    assert_eq!(
+        report(&rw, 0, 2 * PAGE),
+        [(0, 2 * PAGE, Protection::read_write())]
+    );
+    // SAFETY: `rw` outlives `ext` in this test and stays mapped read-write.
+    let ext = unsafe { ExternalMapping::new(rw.as_ptr(), 2 * PAGE) }.unwrap();
+    assert_eq!(report(&ext, 0, PAGE), [(0, PAGE, Protection::read_write())]);
 }

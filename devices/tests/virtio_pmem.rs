@@ -406,6 +406,12 @@ impl Vm for FailingMsync {
     fn memory_slots(&self) -> Vec<hypervisor::SlotInfo> {
         self.inner.memory_slots()
     }
+    fn slot_mappings(
+        &self,
+        slot: hypervisor::MemSlot,
+    ) -> hypervisor::Result<Vec<hypervisor::SlotMapping>> {
+        self.inner.slot_mappings(slot)
+    }
     fn add_fd_mapping(
         &self,
         slot: hypervisor::MemSlot,

@@ -210,6 +210,19 @@ pub enum Error {
         /// What the caller reported.
         source: std::io::Error,
     },
+    /// Part of a range of a slot's memory is not mapped read-write in the host (a hole of an
+    /// arena, or a read-only sub-mapping), so no slice of it may be handed out.
+    #[error("slot {slot}: {offset:#x}+{size:#x} is not all mapped read-write (from {at:#x} on)")]
+    SlotMemoryNotMapped {
+        /// The slot.
+        slot: MemSlot,
+        /// Start of the range in the slot.
+        offset: usize,
+        /// Its length.
+        size: usize,
+        /// The first offset in the slot that is not mapped read-write.
+        at: usize,
+    },
     /// The new slot overlaps a live one.
     #[error(
         "slot at {guest_addr} of {size:#x} bytes overlaps slot {slot} at {slot_addr} of {slot_size:#x} bytes"
@@ -300,6 +313,7 @@ impl Error {
             Error::AddressOverflow { .. } => libc::EOVERFLOW,
             Error::SlotRange { .. } => libc::ERANGE,
             Error::SlotMemoryAccess { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::SlotMemoryNotMapped { .. } => libc::EFAULT,
             Error::ApiVersion { .. } => libc::ENOSYS,
             Error::DirtyLogNotEnabled { .. }
             | Error::NoPendingRead

@@ -48,6 +48,17 @@ pub struct SlotInfo {
     pub boot_ram: bool,
 }
 
+/// A mapped part of a slot's memory, as [`Vm::slot_mappings`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotMapping {
+    /// Offset of its first byte in the slot.
+    pub offset: usize,
+    /// Its length in bytes.
+    pub size: usize,
+    /// How the host maps it.
+    pub protection: Protection,
+}
+
 /// How the guest may cache a memory region.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MemCacheType {
@@ -218,7 +229,10 @@ pub trait Vm: Send + Sync {
 
     /// Runs `f` on `offset..offset + size` of a slot's memory (boot RAM or added), range
     /// checked: how a snapshot reads the pages of a harvest, and how a restore writes them.
-    /// A removal of the slot waits until `f` is done.
+    /// Every byte of the range must be mapped read-write in the host, else
+    /// [`Error::SlotMemoryNotMapped`] (an arena's holes and read-only sub-mappings are not);
+    /// see [`slot_mappings`](Self::slot_mappings). A removal of the slot waits until `f` is
+    /// done.
     fn with_slot_memory(
         &self,
         slot: MemSlot,
@@ -229,6 +243,10 @@ pub trait Vm: Send + Sync {
 
     /// The live slots, by number.
     fn memory_slots(&self) -> Vec<SlotInfo>;
+
+    /// What is mapped in a slot's memory, in order: one entry for a slot mapped in whole, one
+    /// per sub-mapping of an arena (its holes are left out).
+    fn slot_mappings(&self, slot: MemSlot) -> Result<Vec<SlotMapping>>;
 
     /// Maps `size` bytes of `fd` from `fd_offset` at `offset` into the slot's arena.
     fn add_fd_mapping(

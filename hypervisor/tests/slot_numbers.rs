@@ -102,11 +102,11 @@ unsafe impl MappedRegion for StallingRegion {
         &self,
         offset: usize,
         len: usize,
-        f: &mut dyn FnMut(usize, usize) -> base::mmap::Result<()>,
+        f: &mut dyn FnMut(usize, usize, base::Protection) -> base::mmap::Result<()>,
     ) -> base::mmap::Result<()> {
         self.entered.send(()).unwrap();
         self.release.lock().unwrap().recv().unwrap();
-        f(offset, len)
+        self.inner.for_each_mapped_range(offset, len, f)
     }
 }
 

@@ -514,3 +514,168 @@ fn a_layer_of_many_buffers_round_trips() {
     assert!(whole(&vm) == whole(&target), "the restored memory differs");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_layer_written_while_the_vmm_writes_verifies_and_the_next_quiet_one_restores() {
+    let Some(kvm) = kvm_or_skip("snapshot_racing_writes") else {
+        return;
+    };
+    let pages = 1024;
+    let mem = GuestMemory::new(&[(GuestAddress(0), pages * P)]).unwrap();
+    let vm = KvmVm::new(&kvm, mem).unwrap();
+    vm.set_dirty_logging(0, true).unwrap();
+    vm.get_memory().set_dirty_tracking(true);
+    let dir = scratch("racing");
+    let mut w = SnapshotWriter::create(&dir).unwrap().durable(false);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let written = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        // A device thread writing all over memory, unsynchronised with the layers: each write
+        // lands in a page while some layer may be copying it.
+        s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = GuestAddress((i % pages) * P + (i * 8) % P);
+                vm.get_memory().write_obj_at_addr(i, at).unwrap();
+                i += 1;
+                written.store(i, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        while written.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        let layers = (|| {
+            w.write_full(&vm, b"")?;
+            for _ in 0..8 {
+                w.write_incremental(&vm, b"")?;
+            }
+            Ok::<_, Error>(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        layers.unwrap();
+    });
+    assert!(written.load(std::sync::atomic::Ordering::Relaxed) > 1000);
+    // Every layer holds the checksum of the bytes it holds, however they raced.
+    assert_eq!(snapshot::verify(&dir).unwrap().len(), 9);
+    // Quiet now: the last layer takes what raced the ones before.
+    w.write_incremental(&vm, b"quiet").unwrap();
+    let target = KvmVm::new(
+        &kvm,
+        GuestMemory::new(&[(GuestAddress(0), pages * P)]).unwrap(),
+    )
+    .unwrap();
+    target.set_dirty_logging(0, true).unwrap();
+    let restored = snapshot::restore(&dir, &target).unwrap();
+    assert_eq!(restored.state, b"quiet");
+    let whole = |vm: &KvmVm| {
+        let mut buf = vec![0u8; (pages * P) as usize];
+        vm.get_memory()
+            .read_exact_at_addr(&mut buf, GuestAddress(0))
+            .unwrap();
+        buf
+    };
+    assert!(whole(&vm) == whole(&target), "the restored memory differs");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An arena of 8 pages: pages 0-1 read-write, 2-3 a hole, 4 read-only, 5 a hole, 6-7
+/// read-write; each mapped page holds its number.
+fn arena_slot() -> base::MemoryMappingArena {
+    let mut arena = base::MemoryMappingArena::new(8 * P as usize).unwrap();
+    let p = P as usize;
+    arena.add_anon(0, 2 * p).unwrap();
+    arena.add_anon(4 * p, p).unwrap();
+    arena.add_anon(6 * p, 2 * p).unwrap();
+    for page in [0u64, 1, 4, 6, 7] {
+        let region: &dyn base::MappedRegion = &arena;
+        // SAFETY: the page is mapped read-write in the arena, which outlives this write.
+        unsafe { (region.as_ptr().add((page * P) as usize) as *mut u64).write(page + 0xa00) };
+    }
+    arena.protect(4 * p, p, base::Protection::read()).unwrap();
+    arena
+}
+
+#[test]
+fn arena_slots_hand_out_and_snapshot_only_their_read_write_parts() {
+    let Some(kvm) = kvm_or_skip("snapshot_arena_slot") else {
+        return;
+    };
+    let add = |vm: &KvmVm, arena: base::MemoryMappingArena| {
+        vm.add_memory_region(
+            GuestAddress(DYN),
+            Box::new(arena),
+            false,
+            true,
+            MemCacheType::CacheCoherent,
+        )
+        .unwrap()
+    };
+    let (vm, _vcpu) = vm_with_program(&kvm, RAM, &Asm::default().hlt().0);
+    let slot = add(&vm, arena_slot());
+    vm.set_dirty_logging(0, true).unwrap();
+    let mappings: Vec<_> = vm
+        .slot_mappings(slot)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.offset as u64 / P, m.size as u64 / P, m.protection))
+        .collect();
+    let (rw, ro) = (base::Protection::read_write(), base::Protection::read());
+    assert_eq!(mappings, [(0, 2, rw), (4, 1, ro), (6, 2, rw)]);
+    // No slice over a hole or over read-only memory: each refusal names where it starts.
+    for (offset, size, at) in [(2 * P, 8, 2 * P), (P, 2 * P, 2 * P), (4 * P, 8, 4 * P)] {
+        let err = vm
+            .with_slot_memory(slot, offset as usize, size as usize, &mut |_| {
+                panic!("handed out {offset:#x}+{size:#x}")
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, hypervisor::Error::SlotMemoryNotMapped { at: a, .. } if a == at as usize),
+            "{offset:#x}+{size:#x}: {err}"
+        );
+    }
+    vm.with_slot_memory(slot, 6 * P as usize, 2 * P as usize, &mut |s| {
+        assert_eq!(s.read_obj::<u64>(0).unwrap(), 0xa06);
+        Ok(())
+    })
+    .unwrap();
+
+    // The full layer holds the read-write pages: all of RAM, and 4 pages of the arena.
+    let dir = scratch("arena");
+    let full = SnapshotWriter::create(&dir)
+        .unwrap()
+        .durable(false)
+        .write_full(&vm, b"")
+        .unwrap();
+    assert_eq!(full.pages, RAM / P + 4, "{full:?}");
+    // Into a VM whose arena is laid out alike (its pages blank): the pages come back.
+    let (target, _t) = vm_with_program(&kvm, RAM, &[]);
+    let mut blank = base::MemoryMappingArena::new(8 * P as usize).unwrap();
+    blank.add_anon(0, 2 * P as usize).unwrap();
+    blank.add_anon(6 * P as usize, 2 * P as usize).unwrap();
+    let tslot = add(&target, blank);
+    target.set_dirty_logging(0, true).unwrap();
+    snapshot::restore(&dir, &target).unwrap();
+    for page in [0u64, 1, 6, 7] {
+        target
+            .with_slot_memory(tslot, (page * P) as usize, 8, &mut |s| {
+                assert_eq!(s.read_obj::<u64>(0).unwrap(), page + 0xa00, "page {page}");
+                Ok(())
+            })
+            .unwrap();
+    }
+    // Into one that lacks a page the layer holds: refused by name, not a fault.
+    let (bare, _b) = vm_with_program(&kvm, RAM, &[]);
+    let mut holed = base::MemoryMappingArena::new(8 * P as usize).unwrap();
+    holed.add_anon(0, 2 * P as usize).unwrap();
+    add(&bare, holed);
+    bare.set_dirty_logging(0, true).unwrap();
+    let err = snapshot::restore(&dir, &bare).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Vm(hypervisor::Error::SlotMemoryNotMapped { at, .. }) if at == 6 * P as usize
+        ),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -285,6 +285,12 @@ impl Vm for Gated {
     fn memory_slots(&self) -> Vec<hypervisor::SlotInfo> {
         self.inner.memory_slots()
     }
+    fn slot_mappings(
+        &self,
+        slot: hypervisor::MemSlot,
+    ) -> hypervisor::Result<Vec<hypervisor::SlotMapping>> {
+        self.inner.slot_mappings(slot)
+    }
     fn add_fd_mapping(
         &self,
         slot: MemSlot,

@@ -277,7 +277,7 @@ impl MemoryMappingArena {
 }
 
 // SAFETY: the arena owns `addr..addr + size` until drop, and `for_each_mapped_range` reports
-// only ranges its books hold, each of which is mapped.
+// only ranges its books hold, each of which is mapped with the protection the books record.
 unsafe impl MappedRegion for MemoryMappingArena {
     fn as_ptr(&self) -> *mut u8 {
         self.addr
@@ -306,13 +306,13 @@ unsafe impl MappedRegion for MemoryMappingArena {
         &self,
         offset: usize,
         len: usize,
-        f: &mut dyn FnMut(usize, usize) -> Result<()>,
+        f: &mut dyn FnMut(usize, usize, Protection) -> Result<()>,
     ) -> Result<()> {
         check_in_bounds(offset, len, self.size)?;
         let mut touched = false;
         for m in self.clipped(offset, len) {
             touched = true;
-            f(m.offset, m.size)?;
+            f(m.offset, m.size, m.protection)?;
         }
         if !touched {
             return Err(self.nothing_mapped(offset, len));

@@ -18,7 +18,8 @@ use crate::descriptor::AsRawDescriptor;
 /// for as long as it lives, never unmapped behind the caller's back; `msync` and `madvise`
 /// round lengths up to a page and so may act on the last page as a whole. They also promise
 /// that [`for_each_mapped_range`](Self::for_each_mapped_range) reports only parts of the range
-/// asked for that are really mapped.
+/// asked for that are really mapped, each with a protection it really allows: a caller may
+/// read what it reports readable and write what it reports writable.
 pub unsafe trait MappedRegion: Send + Sync {
     /// The first byte's address.
     fn as_ptr(&self) -> *mut u8;
@@ -50,20 +51,18 @@ pub unsafe trait MappedRegion: Send + Sync {
         })
     }
 
-    /// Calls `f(offset, len)` for each mapped part of `offset..offset + len`, in order, and
-    /// stops at the first error. The range must lie inside the region's pages, else
-    /// [`Error::InvalidAddress`] (or [`Error::Overflow`]). A region that is mapped in whole
-    /// (the default) calls `f` once with the range itself; an arena skips its unmapped space
-    /// and answers [`Error::InvalidAddress`] when the range touches nothing mapped.
+    /// Calls `f(offset, len, protection)` for each mapped part of `offset..offset + len`, in
+    /// order, and stops at the first error. The range must lie inside the region's pages,
+    /// else [`Error::InvalidAddress`] (or [`Error::Overflow`]). A region that is mapped in
+    /// whole calls `f` once with the range itself; an arena skips its unmapped space, calls
+    /// `f` once per sub-mapping with that sub-mapping's protection, and answers
+    /// [`Error::InvalidAddress`] when the range touches nothing mapped.
     fn for_each_mapped_range(
         &self,
         offset: usize,
         len: usize,
-        f: &mut dyn FnMut(usize, usize) -> Result<()>,
-    ) -> Result<()> {
-        check_in_bounds(offset, len, owned_size(self.size()))?;
-        f(offset, len)
-    }
+        f: &mut dyn FnMut(usize, usize, Protection) -> Result<()>,
+    ) -> Result<()>;
 }
 
 /// The bytes a region of `size` owns: its whole pages.
@@ -80,7 +79,7 @@ impl<'a> dyn MappedRegion + 'a {
             return Ok(());
         };
         let base = self.as_ptr();
-        self.for_each_mapped_range(offset, len, &mut |start, len| {
+        self.for_each_mapped_range(offset, len, &mut |start, len, _| {
             syscall_on_range("msync", start, len, || {
                 // SAFETY: `start..start + len` is a mapped part of this region, as the trait
                 // contract promises; msync only writes its pages back.
@@ -99,7 +98,7 @@ impl<'a> dyn MappedRegion + 'a {
         };
         super::check_destructive_rounding(offset, size, len, self.size(), advice)?;
         let base = self.as_ptr();
-        self.for_each_mapped_range(offset, len, &mut |start, len| {
+        self.for_each_mapped_range(offset, len, &mut |start, len, _| {
             // SAFETY: `start..start + len` is a mapped part of this region's own pages, as the
             // trait contract promises, and the advice is an allowed one.
             unsafe { madvise_range(base.add(start), start, len, advice) }
@@ -107,7 +106,8 @@ impl<'a> dyn MappedRegion + 'a {
     }
 }
 
-// SAFETY: a MemoryMapping owns its whole range until drop and maps all of it.
+// SAFETY: a MemoryMapping owns its whole range until drop and maps all of it, with the
+// protection it was built with.
 unsafe impl MappedRegion for MemoryMapping {
     fn as_ptr(&self) -> *mut u8 {
         self.addr
@@ -115,6 +115,16 @@ unsafe impl MappedRegion for MemoryMapping {
 
     fn size(&self) -> usize {
         self.size
+    }
+
+    fn for_each_mapped_range(
+        &self,
+        offset: usize,
+        len: usize,
+        f: &mut dyn FnMut(usize, usize, Protection) -> Result<()>,
+    ) -> Result<()> {
+        check_in_bounds(offset, len, owned_size(self.size))?;
+        f(offset, len, self.protection)
     }
 }
 
@@ -138,8 +148,9 @@ impl ExternalMapping {
     ///
     /// # Safety
     ///
-    /// `addr..addr + size` must stay mapped, and must not be unmapped or remapped by anyone,
-    /// for as long as the returned value (or a hypervisor slot made from it) lives.
+    /// `addr..addr + size` must be mapped readable and writable, and must stay so, never
+    /// unmapped, remapped or protected otherwise by anyone, for as long as the returned value
+    /// (or a hypervisor slot made from it) lives.
     pub unsafe fn new(addr: *mut u8, size: usize) -> Result<ExternalMapping> {
         if size == 0 {
             return Err(Error::InvalidSize {
@@ -159,7 +170,8 @@ impl ExternalMapping {
     }
 }
 
-// SAFETY: the constructor's caller vouched that the range stays mapped, in whole, for our life.
+// SAFETY: the constructor's caller vouched that the range stays mapped read-write, in whole,
+// for our life.
 unsafe impl MappedRegion for ExternalMapping {
     fn as_ptr(&self) -> *mut u8 {
         self.addr
@@ -167,5 +179,15 @@ unsafe impl MappedRegion for ExternalMapping {
 
     fn size(&self) -> usize {
         self.size
+    }
+
+    fn for_each_mapped_range(
+        &self,
+        offset: usize,
+        len: usize,
+        f: &mut dyn FnMut(usize, usize, Protection) -> Result<()>,
+    ) -> Result<()> {
+        check_in_bounds(offset, len, self.size)?;
+        f(offset, len, Protection::read_write())
     }
 }

@@ -37,8 +37,8 @@ pub use self::kick::VcpuKicker;
 use self::slots::{Slot, SlotMemory, SlotTable};
 pub use self::vcpu::KvmVcpu;
 use crate::{
-    DirtyHarvest, DirtyLogMode, Error, Hypervisor, MemCacheType, MemSlot, Result, SlotInfo, Vm,
-    VmCap,
+    DirtyHarvest, DirtyLogMode, Error, Hypervisor, MemCacheType, MemSlot, Result, SlotInfo,
+    SlotMapping, Vm, VmCap,
 };
 
 /// Where KVM on Intel keeps the real-mode TSS: three pages just below the 4 GiB boundary's
@@ -561,16 +561,41 @@ impl Vm for KvmVm {
         f: &mut dyn FnMut(VolatileSlice<'_>) -> std::io::Result<()>,
     ) -> Result<()> {
         let mut failure = None;
+        let mut unmapped = None;
         self.with_region(slot, offset, size, |region| {
-            // SAFETY: `with_region` checked `offset + size` against the slot's size, and the
-            // region is mapped (read-write for boot RAM; as the caller mapped it otherwise)
-            // for as long as this closure runs: a removal waits for it.
+            // The first byte not mapped read-write, if any: the region's own report of its
+            // mappings, which its (unsafe) trait promises to be true.
+            let mut covered = offset;
+            if size > 0 {
+                let walk = region.for_each_mapped_range(offset, size, &mut |at, len, prot| {
+                    if at == covered && prot.allows(&Protection::read_write()) {
+                        covered = at + len;
+                    }
+                    Ok(())
+                });
+                if walk.is_err() || covered < offset + size {
+                    unmapped = Some(covered);
+                    return Ok(());
+                }
+            }
+            // SAFETY: `with_region` checked `offset + size` against the slot's size, every
+            // byte of the range is mapped read-write (just checked), and the region stays
+            // so for as long as this closure runs: a removal or a change of its mappings
+            // waits for it.
             let slice = unsafe { VolatileSlice::from_raw_parts(region.as_ptr().add(offset), size) };
             if let Err(e) = f(slice) {
                 failure = Some(e);
             }
             Ok(())
         })?;
+        if let Some(at) = unmapped {
+            return Err(Error::SlotMemoryNotMapped {
+                slot,
+                offset,
+                size,
+                at,
+            });
+        }
         match failure {
             Some(source) => Err(Error::SlotMemoryAccess {
                 slot,
@@ -578,6 +603,29 @@ impl Vm for KvmVm {
                 source,
             }),
             None => Ok(()),
+        }
+    }
+
+    fn slot_mappings(&self, slot: MemSlot) -> Result<Vec<SlotMapping>> {
+        let size = self.table().get(slot)?.size as usize;
+        let mut found = Vec::new();
+        let walk = self.with_region(slot, 0, size, |region| {
+            region.for_each_mapped_range(0, size, &mut |offset, size, protection| {
+                found.push(SlotMapping {
+                    offset,
+                    size,
+                    protection,
+                });
+                Ok(())
+            })
+        });
+        match walk {
+            // An arena with nothing mapped in it.
+            Err(Error::Region {
+                source: base::mmap::Error::InvalidAddress { .. },
+                ..
+            }) => Ok(Vec::new()),
+            other => other.map(|()| found),
         }
     }
 

@@ -4,7 +4,8 @@
 //! Full and incremental snapshots of a VM's logged memory, in a directory of layer files.
 //!
 //! [`SnapshotWriter`] writes layer 0, a full layer (every page of every slot that logs dirty
-//! pages), then incremental layers of the pages dirtied since the layer before, taken from
+//! pages, where the slot maps it read-write: an arena's holes and read-only sub-mappings hold
+//! nothing of the guest's), then incremental layers of the pages dirtied since the layer before, taken from
 //! a [`DirtyHarvest`](crate::DirtyHarvest) that is committed only once the layer is written.
 //! [`restore`] applies the chain into a fresh VM of the same slots; [`verify`] checks it
 //! without one. Each layer also carries the caller's own state (vCPU registers, devices) as
@@ -34,7 +35,9 @@
 //! A layer is a consistent image only if nothing writes guest memory while it is written:
 //! stop the vCPUs (after they complete any pending I/O, see `KvmVcpu::complete_io`) and the
 //! devices first. Dirty pages are collected (and re-armed) before they are copied, so a
-//! write that races a layer is in the next one.
+//! write that races a layer is in the next one; and a layer's checksum is taken of the bytes
+//! in its file, read back as they are written, so a page that changes while it is copied
+//! still makes a layer that verifies.
 
 mod error;
 mod format;

@@ -61,8 +61,8 @@ impl SnapshotWriter {
         self
     }
 
-    /// Writes the full layer: every page of every logged slot, with `state` (the caller's
-    /// vCPU and device state, opaque here). The VM's pending dirty pages are taken with it.
+    /// Writes the full layer: every page of every logged slot that the slot maps read-write,
+    /// with `state` (the caller's vCPU and device state, opaque here). The VM's pending dirty pages are taken with it.
     pub fn write_full(&mut self, vm: &dyn Vm, state: &[u8]) -> Result<LayerSummary> {
         if self.next != 0 {
             return Err(Error::FirstLayerKind {
@@ -76,7 +76,7 @@ impl SnapshotWriter {
         let harvest = vm.harvest_dirty_log()?;
         let harvest_time = begun.elapsed();
         let slots = logged_slots(vm);
-        let runs: Vec<DirtyRun> = slots
+        let whole: Vec<DirtyRun> = slots
             .iter()
             .map(|s| DirtyRun {
                 slot: s.slot,
@@ -85,6 +85,7 @@ impl SnapshotWriter {
                 len: s.size,
             })
             .collect();
+        let runs = mapped_parts(vm, &whole)?;
         let mut summary = self.write_layer(vm, KIND_FULL, &slots, &runs, state)?;
         harvest.commit();
         summary.harvest_time = harvest_time;
@@ -104,10 +105,11 @@ impl SnapshotWriter {
         }
         let begun = Instant::now();
         let harvest = vm.harvest_dirty_log()?;
-        let mut runs = Vec::new();
-        harvest.for_each_run(|run| runs.push(run));
+        let mut dirty = Vec::new();
+        harvest.for_each_run(|run| dirty.push(run));
         let harvest_time = begun.elapsed();
         let slots = logged_slots(vm);
+        let runs = mapped_parts(vm, &dirty)?;
         let mut summary = self.write_layer(vm, KIND_INCREMENTAL, &slots, &runs, state)?;
         harvest.commit();
         summary.harvest_time = harvest_time;
@@ -136,7 +138,9 @@ impl SnapshotWriter {
                 source,
             }
         };
+        // Read too: the checksum is taken of what the file holds.
         let mut file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -191,24 +195,28 @@ impl SnapshotWriter {
         out.write_all(&tables).map_err(io("write", &temp))?;
         let copy_start = Instant::now();
         let (sink, hasher) = out.into_parts();
-        // The kernel copies the pages straight from guest memory into the file while another
-        // thread reads them again for the checksum: two CPUs, and no copy of ours in the way.
+        // The kernel copies the pages straight from guest memory into the file, while another
+        // thread reads back, from the page cache, what has been written, for the checksum:
+        // two CPUs, no copy of ours in the way, and a checksum of exactly the bytes in the
+        // file even when a page changes as it is written.
         let data_at = tables.len() as u64;
+        let sink = &*sink;
         let hasher = std::thread::scope(|scope| {
-            let summer = scope.spawn(move || checksum_runs(vm, runs, hasher));
-            let written = write_runs(vm, runs, sink, data_at).map_err(|e| match e {
+            let (progress, written_so_far) = std::sync::mpsc::sync_channel::<u64>(64);
+            let summer = scope.spawn(|| checksum_file(sink, data_at, written_so_far, hasher));
+            let written = write_runs(vm, runs, sink, data_at, progress);
+            let summed = match summer.join() {
+                Ok(summed) => summed,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            written.and(summed).map_err(|e| match e {
                 Error::Io { op, source, .. } => Error::Io {
                     op,
                     path: temp.clone(),
                     source,
                 },
                 e => e,
-            });
-            let summed = match summer.join() {
-                Ok(summed) => summed,
-                Err(panic) => std::panic::resume_unwind(panic),
-            };
-            written.and(summed)
+            })
         })?;
         let checksum = hasher.finalize();
         let trailer = Trailer {
@@ -216,7 +224,7 @@ impl SnapshotWriter {
             reserved: U32::new(0),
             end_magic: END_MAGIC,
         };
-        std::os::unix::fs::FileExt::write_all_at(&*sink, trailer.as_bytes(), data_at + data_len)
+        std::os::unix::fs::FileExt::write_all_at(sink, trailer.as_bytes(), data_at + data_len)
             .map_err(io("write", &temp))?;
         let copy = copy_start.elapsed();
         let sync_start = Instant::now();
@@ -256,12 +264,20 @@ impl SnapshotWriter {
 
 /// Bytes handed to the kernel, or checksummed, per call.
 const CHUNK: usize = 4 << 20;
-/// Bytes copied out of guest memory at a time for the checksum: small enough to stay in the
+/// Bytes read back from the file at a time for the checksum: small enough to stay in the
 /// CPU's caches between the copy and the sum.
 const SUM_CHUNK: usize = 64 << 10;
 
-/// Writes the runs' bytes back to back into `file` from `offset`, straight from guest memory.
-fn write_runs(vm: &dyn Vm, runs: &[DirtyRun], file: &File, mut offset: u64) -> Result<()> {
+/// Writes the runs' bytes back to back into `file` from `offset`, straight from guest memory,
+/// and tells `progress` how many bytes are in the file after each piece.
+fn write_runs(
+    vm: &dyn Vm,
+    runs: &[DirtyRun],
+    file: &File,
+    start: u64,
+    progress: std::sync::mpsc::SyncSender<u64>,
+) -> Result<()> {
+    let mut offset = start;
     for r in runs {
         let mut done = 0;
         while done < r.len {
@@ -302,31 +318,71 @@ fn write_runs(vm: &dyn Vm, runs: &[DirtyRun], file: &File, mut offset: u64) -> R
             })?;
             done += n as u64;
             offset += n as u64;
+            // A checksum thread that stopped has its error waiting in its join.
+            if progress.send(offset - start).is_err() {
+                return Ok(());
+            }
         }
     }
     Ok(())
 }
 
-/// The checksum `hasher` continues over the runs' bytes, read through small copies.
-fn checksum_runs(
-    vm: &dyn Vm,
-    runs: &[DirtyRun],
+/// The checksum `hasher` continues over the data section of `file` from `start`, read back
+/// through small copies as `written` reports more of it in the file; until the writer is done.
+fn checksum_file(
+    file: &File,
+    start: u64,
+    written: std::sync::mpsc::Receiver<u64>,
     mut hasher: crc32fast::Hasher,
 ) -> Result<crc32fast::Hasher> {
     let mut buf = vec![0u8; SUM_CHUNK];
-    for r in runs {
-        let mut done = 0;
-        while done < r.len {
-            let n = (r.len - done).min(SUM_CHUNK as u64) as usize;
-            vm.with_slot_memory(r.slot, (r.offset + done) as usize, n, &mut |slice| {
-                slice.copy_to(&mut buf[..n]);
-                Ok(())
-            })?;
+    let mut summed = 0u64;
+    for upto in written {
+        while summed < upto {
+            let n = (upto - summed).min(SUM_CHUNK as u64) as usize;
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut buf[..n], start + summed)
+                .map_err(|source| Error::Io {
+                    op: "read back",
+                    path: PathBuf::new(),
+                    source,
+                })?;
             hasher.update(&buf[..n]);
-            done += n as u64;
+            summed += n as u64;
         }
     }
     Ok(hasher)
+}
+
+/// The parts of `runs` (in slot and offset order) that their slots map read-write, in the
+/// same order: what a layer can hold. An arena's holes and read-only sub-mappings hold no
+/// data the guest or the VMM can have written through it, and are left out.
+fn mapped_parts(vm: &dyn Vm, runs: &[DirtyRun]) -> Result<Vec<DirtyRun>> {
+    let mut parts = Vec::with_capacity(runs.len());
+    let mut mappings = Vec::new();
+    let mut mapped_slot = None;
+    for r in runs {
+        if mapped_slot != Some(r.slot) {
+            mappings = vm.slot_mappings(r.slot)?;
+            mappings.retain(|m| m.protection.allows(&base::Protection::read_write()));
+            mapped_slot = Some(r.slot);
+        }
+        let (start, end) = (r.offset, r.offset + r.len);
+        let first = mappings.partition_point(|m| (m.offset + m.size) as u64 <= start);
+        for m in mappings[first..]
+            .iter()
+            .take_while(|m| (m.offset as u64) < end)
+        {
+            let from = start.max(m.offset as u64);
+            let to = end.min((m.offset + m.size) as u64);
+            parts.push(DirtyRun {
+                slot: r.slot,
+                guest_addr: vm_memory::GuestAddress(r.guest_addr.0 - r.offset + from),
+                offset: from,
+                len: to - from,
+            });
+        }
+    }
+    Ok(parts)
 }
 
 /// The slots a layer covers: those that log dirty pages.
