@@ -15,6 +15,14 @@ use crate::MemSlot;
 #[sorted]
 #[derive(Debug, Error)]
 pub enum Error {
+    /// A layer does not end with the end magic.
+    #[error("{path}: end magic {found:02x?} is not a layer's")]
+    BadEndMagic {
+        /// The layer file.
+        path: PathBuf,
+        /// The last eight bytes found.
+        found: [u8; 8],
+    },
     /// A layer's header names another format.
     #[error("{path}: magic {found:02x?} is not a snapshot layer's")]
     BadMagic {
@@ -35,11 +43,29 @@ pub enum Error {
         /// The parent checksum it names.
         found: u32,
     },
+    /// The runs of a layer hold another number of bytes than its header says.
+    #[error("{path}: the runs hold {runs:#x} bytes, the header says {header:#x}")]
+    DataLengthMismatch {
+        /// The layer file.
+        path: PathBuf,
+        /// What the runs add up to.
+        runs: u64,
+        /// What the header says.
+        header: u64,
+    },
     /// The directory holds layers already: a new snapshot must not mix with them.
     #[error("{dir} already holds snapshot layers")]
     DirectoryNotEmpty {
         /// The directory.
         dir: PathBuf,
+    },
+    /// A slot is listed twice in one layer.
+    #[error("{path}: slot {slot} is listed twice")]
+    DuplicateSlot {
+        /// The layer file.
+        path: PathBuf,
+        /// The slot.
+        slot: MemSlot,
     },
     /// The first layer is not a full one, or a later one is.
     #[error("{path}: layer {sequence} is {kind}, expected {expected}")]
@@ -83,13 +109,16 @@ pub enum Error {
         /// The checksum of the bytes.
         computed: u32,
     },
-    /// A layer's tables are not well formed (counts past the file, misaligned runs, ...).
-    #[error("{path}: {what}")]
-    Malformed {
-        /// The layer file.
-        path: PathBuf,
-        /// What is wrong, with the values.
-        what: String,
+    /// A layer names a later layer than one that is missing: the chain has a gap, and the
+    /// layers past it would be silently left out.
+    #[error("{dir}: layer {found} is there but layer {missing} is not")]
+    MissingLayer {
+        /// The directory.
+        dir: PathBuf,
+        /// The first sequence number missing.
+        missing: u32,
+        /// A later one present.
+        found: u32,
     },
     /// The directory holds no layer.
     #[error("{dir} holds no snapshot layer ({first} is missing)")]
@@ -98,6 +127,35 @@ pub enum Error {
         dir: PathBuf,
         /// The first layer's file name.
         first: String,
+    },
+    /// A field that must be zero (reserved, or slot flags this version does not know) is not.
+    #[error("{path}: {field} is {value:#x}, not zero")]
+    NonzeroReserved {
+        /// The layer file.
+        path: PathBuf,
+        /// Which field.
+        field: &'static str,
+        /// What it holds (the unknown bits, for flags).
+        value: u64,
+    },
+    /// A layer's name is taken by something that is not a regular file (a FIFO, a device, a
+    /// directory), which is not read: reading a FIFO would wait for a writer for ever.
+    #[error("{path} is not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A run of a layer is not whole pages.
+    #[error("{path}: run {offset:#x}+{len:#x} of slot {slot} is not whole pages")]
+    RunNotWholePages {
+        /// The layer file.
+        path: PathBuf,
+        /// The slot.
+        slot: MemSlot,
+        /// Offset of the run in the slot.
+        offset: u64,
+        /// Its length.
+        len: u64,
     },
     /// A run of a layer reaches outside its slot, or names a slot the layer does not list.
     #[error("{path}: run of {len:#x} bytes at {offset:#x} in slot {slot} is outside the slot ({slot_size:#x} bytes)")]
@@ -123,6 +181,12 @@ pub enum Error {
         /// The sequence found.
         found: u32,
     },
+    /// A layer's header gives sizes whose sum overflows.
+    #[error("{path}: the header's sizes overflow")]
+    SizesOverflow {
+        /// The layer file.
+        path: PathBuf,
+    },
     /// A layer's slot table is not what a slot of the VM is (or the VM lacks it).
     #[error(
         "slot {slot} of the snapshot ({guest_addr}+{size:#x}) is not in the VM as such: {found}"
@@ -136,6 +200,43 @@ pub enum Error {
         size: u64,
         /// What the VM has instead.
         found: String,
+    },
+    /// A layer's state is larger than any reader takes: its header is corrupt (or hostile: a
+    /// sparse file can claim a terabyte of state and occupy nothing).
+    #[error("{path}: state of {len:#x} bytes, at most {max:#x}")]
+    StateTooLarge {
+        /// The layer file.
+        path: PathBuf,
+        /// The state length the header gives.
+        len: u64,
+        /// The most taken.
+        max: u64,
+    },
+    /// More layers than sequence numbers.
+    #[error("{dir}: more layers than sequence numbers")]
+    TooManyLayers {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A layer lists more slots than any VM has.
+    #[error("{path}: {count} slots, at most {max}")]
+    TooManySlots {
+        /// The layer file.
+        path: PathBuf,
+        /// The slot count the header gives.
+        count: u32,
+        /// The most a layer may list.
+        max: u32,
+    },
+    /// A layer file goes on past the end its header gives.
+    #[error("{path}: {extra} bytes past the end the header gives ({end:#x})")]
+    TrailingBytes {
+        /// The layer file.
+        path: PathBuf,
+        /// How many bytes are past the end.
+        extra: u64,
+        /// Where the header says the layer ends.
+        end: u64,
     },
     /// A layer file ends before its header says it does.
     #[error("{path}: truncated: {needed} bytes needed at {offset:#x}, the file has {len:#x}")]

@@ -22,6 +22,9 @@ pub const SLOT_READ_ONLY: u32 = 1;
 pub const SLOT_BOOT_RAM: u32 = 2;
 /// More slots than any KVM allows: a header asking for more is corrupt.
 pub const MAX_SLOTS: u32 = 1 << 16;
+/// The largest state a layer may carry (the caller's vCPU and device state): a reader
+/// allocates it whole.
+pub const MAX_STATE_LEN: u64 = 256 << 20;
 
 /// The fixed header at the start of a layer.
 #[repr(C)]

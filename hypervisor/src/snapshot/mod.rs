@@ -25,10 +25,13 @@
 //! | data | data length | the runs' bytes, in run order |
 //! | trailer | 16 | the layer checksum: CRC-32 of every byte before the trailer (u32); reserved (u32); `VMSNPEND` |
 //!
-//! A reader refuses, each with its own [`Error`]: another magic, another version, a header
-//! whose checksum or sizes do not hold, a file shorter or longer than its header says, runs
-//! outside their slots, a layer whose bytes fail its checksum, a layer out of sequence or
-//! not naming its parent's checksum, and a VM whose slots are not the newest layer's.
+//! Reserved fields and unknown slot flags must be zero, and the state is at most
+//! 256 MiB. A reader refuses, each with its own [`Error`]: another magic, another version, a
+//! header whose checksum or sizes do not hold, a file shorter or longer than its header says
+//! (or not a regular file), a slot listed twice, runs outside their slots or not whole pages,
+//! runs that do not add up to the data length, a layer whose bytes fail its checksum, a layer
+//! out of sequence or not naming its parent's checksum, a chain with a gap (a later layer
+//! present after a missing one), and a VM whose slots are not the newest layer's.
 //!
 //! # Consistency
 //!

@@ -9,7 +9,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use zerocopy::{FromBytes, FromZeros};
+use std::os::unix::fs::OpenOptionsExt;
+
+use zerocopy::FromZeros;
 
 use super::format::*;
 use super::{Error, LayerSummary, Result};
@@ -178,9 +180,8 @@ type SlotTable = BTreeMap<MemSlot, (u64, u64)>;
 fn read_chain(dir: &Path, vm: Option<&dyn Vm>) -> Result<Restored> {
     let mut count = 0u32;
     while dir.join(layer_name(count)).exists() {
-        count = count.checked_add(1).ok_or_else(|| Error::Malformed {
-            path: dir.to_path_buf(),
-            what: "more layers than sequence numbers".into(),
+        count = count.checked_add(1).ok_or_else(|| Error::TooManyLayers {
+            dir: dir.to_path_buf(),
         })?;
     }
     if count == 0 {
@@ -189,6 +190,7 @@ fn read_chain(dir: &Path, vm: Option<&dyn Vm>) -> Result<Restored> {
             first: layer_name(0),
         });
     }
+    check_no_later_layer(dir, count)?;
     // The newest layer's slots are what the VM must have, and where pages may go.
     let newest = {
         let path = dir.join(layer_name(count - 1));
@@ -231,6 +233,38 @@ fn read_chain(dir: &Path, vm: Option<&dyn Vm>) -> Result<Restored> {
         });
     }
     Ok(Restored { layers, state })
+}
+
+/// Refuses a chain of `count` layers in `dir` when a later layer is there too: the chain
+/// has a gap, and restoring it would quietly roll back past the layers after the gap.
+fn check_no_later_layer(dir: &Path, count: u32) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        op: "list",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io {
+            op: "list",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let sequence = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("layer-"))
+            .and_then(|n| n.strip_suffix(".vmsnap"))
+            .filter(|n| n.len() >= 5 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(found) = sequence.filter(|&n| n >= count) {
+            return Err(Error::MissingLayer {
+                dir: dir.to_path_buf(),
+                missing: count,
+                found,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a VM whose logged slots are not exactly the snapshot's.
@@ -281,8 +315,20 @@ impl Layer {
             let path = path.to_path_buf();
             move |source| Error::Io { op, path, source }
         };
-        let file = File::open(path).map_err(io("open"))?;
-        let file_len = file.metadata().map_err(io("stat"))?.len();
+        // Not blocking: a FIFO under a layer's name must not wait for a writer. What is
+        // opened is then read only if it is a regular file, where the flag means nothing.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io("open"))?;
+        let meta = file.metadata().map_err(io("stat"))?;
+        if !meta.is_file() {
+            return Err(Error::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let file_len = meta.len();
         let mut layer = Layer {
             path: path.to_path_buf(),
             file,
@@ -297,7 +343,7 @@ impl Layer {
         };
         let mut bytes = [0u8; std::mem::size_of::<Header>()];
         layer.read_exact(&mut bytes)?;
-        let header = Header::read_from_bytes(&bytes).map_err(|_| layer.malformed("header"))?;
+        let header: Header = zerocopy::transmute!(bytes);
         if header.magic != MAGIC {
             return Err(Error::BadMagic {
                 path: layer.path.clone(),
@@ -320,9 +366,22 @@ impl Layer {
             });
         }
         layer.header = header;
+        layer.check_zero("header reserved bytes", u64::from_le_bytes(header.reserved))?;
         let slot_count = header.slot_count.get();
         if slot_count > MAX_SLOTS {
-            return Err(layer.malformed(&format!("{slot_count} slots, at most {MAX_SLOTS}")));
+            return Err(Error::TooManySlots {
+                path: layer.path.clone(),
+                count: slot_count,
+                max: MAX_SLOTS,
+            });
+        }
+        let state_len = header.state_len.get();
+        if state_len > MAX_STATE_LEN {
+            return Err(Error::StateTooLarge {
+                path: layer.path.clone(),
+                len: state_len,
+                max: MAX_STATE_LEN,
+            });
         }
         // Every count checked against the file before anything is allocated from it.
         let total = (u64::from(slot_count))
@@ -332,7 +391,9 @@ impl Layer {
             .and_then(|n| n.checked_add(header.data_len.get()))
             .and_then(|n| n.checked_add(64 + 16));
         let Some(total) = total else {
-            return Err(layer.malformed("the header's sizes overflow"));
+            return Err(Error::SizesOverflow {
+                path: layer.path.clone(),
+            });
         };
         if total > file_len {
             return Err(Error::Truncated {
@@ -343,20 +404,26 @@ impl Layer {
             });
         }
         if total < file_len {
-            return Err(layer.malformed(&format!(
-                "{} bytes past the end the header gives ({total:#x})",
-                file_len - total
-            )));
+            return Err(Error::TrailingBytes {
+                path: layer.path.clone(),
+                extra: file_len - total,
+                end: total,
+            });
         }
         layer.data_len = header.data_len.get();
         Ok(layer)
     }
 
-    fn malformed(&self, what: &str) -> Error {
-        Error::Malformed {
-            path: self.path.clone(),
-            what: what.to_string(),
+    /// Refuses a nonzero `value` of a field that must be zero.
+    fn check_zero(&self, field: &'static str, value: u64) -> Result<()> {
+        if value != 0 {
+            return Err(Error::NonzeroReserved {
+                path: self.path.clone(),
+                field,
+                value,
+            });
         }
+        Ok(())
     }
 
     /// Checks that this is layer `sequence` and follows a layer of checksum `parent`.
@@ -403,19 +470,26 @@ impl Layer {
         let mut record = [0u8; 24];
         for _ in 0..self.header.slot_count.get() {
             self.read_exact(&mut record)?;
-            let s = SlotRecord::read_from_bytes(&record).map_err(|_| self.malformed("slot"))?;
+            let s: SlotRecord = zerocopy::transmute!(record);
             let (slot, addr, size) = (s.slot.get(), s.guest_addr.get(), s.size.get());
+            let unknown = s.flags.get() & !(SLOT_READ_ONLY | SLOT_BOOT_RAM);
+            self.check_zero("slot flags", unknown.into())?;
             if self.slots.insert(slot, (addr, size)).is_some() {
-                return Err(self.malformed(&format!("slot {slot} is listed twice")));
+                return Err(Error::DuplicateSlot {
+                    path: self.path.clone(),
+                    slot,
+                });
             }
         }
         let page = base::pagesize() as u64;
         let mut data = 0u64;
         let run_count = self.header.run_count.get();
-        self.runs = Vec::with_capacity(run_count as usize);
+        // Grown as records are read (each one is in the file), never sized from the count.
+        self.runs = Vec::new();
         for _ in 0..run_count {
             self.read_exact(&mut record)?;
-            let r = RunRecord::read_from_bytes(&record).map_err(|_| self.malformed("run"))?;
+            let r: RunRecord = zerocopy::transmute!(record);
+            self.check_zero("run reserved bytes", r.reserved.get().into())?;
             let (slot, offset, len) = (r.slot.get(), r.offset.get(), r.len.get());
             let slot_size = self.slots.get(&slot).map_or(0, |&(_, size)| size);
             let inside = offset.checked_add(len).is_some_and(|end| end <= slot_size);
@@ -429,18 +503,22 @@ impl Layer {
                 });
             }
             if offset % page != 0 || len % page != 0 {
-                return Err(self.malformed(&format!(
-                    "run {offset:#x}+{len:#x} of slot {slot} is not whole pages"
-                )));
+                return Err(Error::RunNotWholePages {
+                    path: self.path.clone(),
+                    slot,
+                    offset,
+                    len,
+                });
             }
             data += len;
             self.runs.push(r);
         }
         if data != self.data_len {
-            return Err(self.malformed(&format!(
-                "runs hold {data:#x} bytes, the header says {:#x}",
-                self.data_len
-            )));
+            return Err(Error::DataLengthMismatch {
+                path: self.path.clone(),
+                runs: data,
+                header: self.data_len,
+            });
         }
         let mut state = vec![0u8; self.header.state_len.get() as usize];
         self.read_exact(&mut state)?;
@@ -534,13 +612,14 @@ impl Layer {
         let computed = std::mem::take(&mut self.hasher).finalize();
         let mut bytes = [0u8; std::mem::size_of::<Trailer>()];
         self.read_exact(&mut bytes)?;
-        let trailer = Trailer::read_from_bytes(&bytes).map_err(|_| self.malformed("trailer"))?;
+        let trailer: Trailer = zerocopy::transmute!(bytes);
         if trailer.end_magic != END_MAGIC {
-            return Err(self.malformed(&format!(
-                "end magic {:02x?} is not a layer's",
-                trailer.end_magic
-            )));
+            return Err(Error::BadEndMagic {
+                path: self.path,
+                found: trailer.end_magic,
+            });
         }
+        self.check_zero("trailer reserved bytes", trailer.reserved.get().into())?;
         let stored = trailer.layer_checksum.get();
         if stored != computed {
             return Err(Error::LayerChecksum {
