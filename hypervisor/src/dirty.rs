@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::MutexGuard;
 
-use vm_memory::{DirtyBitmap, GuestAddress};
+use vm_memory::{DirtyBitmap, DirtyRuns, GuestAddress};
 
 use crate::MemSlot;
 
@@ -136,9 +136,11 @@ impl<'a> DirtyHarvest<'a> {
             .sum()
     }
 
-    /// The dirty pages of one slot, or `None` if it is not logged.
-    pub fn slot_bitmap(&self, slot: MemSlot) -> Option<&DirtyBitmap> {
-        self.pages.slots.get(&slot).map(|s| &s.bitmap)
+    /// The dirty runs of one slot as `(first page, count)`, or `None` if it is not logged.
+    /// A view only: the harvest's pages change only by [`commit`](Self::commit), so that one
+    /// dropped without it keeps every page for the next.
+    pub fn slot_runs(&self, slot: MemSlot) -> Option<DirtyRuns<'_>> {
+        self.pages.slots.get(&slot).map(|s| s.bitmap.runs())
     }
 
     /// The pages are taken care of: forget them. Pages dirtied since they were collected

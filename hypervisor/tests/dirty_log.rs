@@ -343,11 +343,20 @@ fn hostile_ring_sizes_and_unlogged_slots_are_refused_by_name() {
     // Nothing logged: the harvest is empty, and its bitmaps are absent.
     let h = vm.harvest_dirty_log().unwrap();
     assert_eq!(h.pages(), 0);
-    assert!(h.slot_bitmap(0).is_none());
+    assert!(h.slot_runs(0).is_none());
     drop(h);
     // Turning logging off drops the slot's pages; on again starts a new baseline.
     vm.set_dirty_logging(0, true).unwrap();
     vm.set_dirty_logging(0, true).unwrap(); // twice is once
+                                            // A harvest's view of a slot is its runs; dropped uncommitted, the pages all stay.
+    let h = vm.harvest_dirty_log().unwrap();
+    let pages = h.pages();
+    assert_eq!(
+        h.slot_runs(0).unwrap().collect::<Vec<_>>(),
+        [(0, pages as usize)]
+    );
+    drop(h);
+    assert_eq!(vm.harvest_dirty_log().unwrap().pages(), pages);
     vm.set_dirty_logging(0, false).unwrap();
     assert_eq!(vm.harvest_dirty_log().unwrap().pages(), 0);
     vm.set_dirty_logging(0, true).unwrap();

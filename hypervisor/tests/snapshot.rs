@@ -120,8 +120,9 @@ fn full_and_incremental_layers_restore_byte_for_byte_into_a_fresh_vm() {
     ));
 
     run_to_report(&mut vcpu);
-    // The VMM writes a page of boot RAM too, through GuestMemory with tracking on.
-    vm.get_memory().set_dirty_tracking(true);
+    // The VMM writes a page of boot RAM too, through GuestMemory: the full layer turned the
+    // tracking of its writes on.
+    assert!(vm.get_memory().dirty_tracking());
     vm.get_memory()
         .write_obj_at_addr(0xfeedu64, GuestAddress(40 * P))
         .unwrap();
@@ -134,6 +135,13 @@ fn full_and_incremental_layers_restore_byte_for_byte_into_a_fresh_vm() {
     // Nothing changed since: an empty layer is still a layer.
     let three = w.write_incremental(&vm, b"").unwrap();
     assert_eq!((three.pages, three.runs), (0, 0));
+    // With the VMM's writes no longer tracked, an incremental layer could miss some: refused.
+    vm.get_memory().set_dirty_tracking(false);
+    assert!(matches!(
+        w.write_incremental(&vm, b""),
+        Err(Error::DirtyTrackingOff { sequence: 4 })
+    ));
+    vm.get_memory().set_dirty_tracking(true);
 
     let checked = snapshot::verify(&dir).unwrap();
     assert_eq!(checked.len(), 4);

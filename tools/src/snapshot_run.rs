@@ -55,7 +55,9 @@ const LAYOUT: SnapshotLayout = SnapshotLayout {
 pub struct Options {
     /// The dirty log mode to ask KVM for.
     pub mode: DirtyLogMode,
-    /// Record the device's writes (the VMM's own) for the incremental layers.
+    /// Record the device's writes (the VMM's own) for the incremental layers. Off, the
+    /// scenario plays a VMM that forgets to: tracking is switched off after each layer (the
+    /// writer turns it on for the full one) and on again just before the next.
     pub track_vmm_writes: bool,
     /// Log (and so snapshot) the added slot.
     pub log_added_slot: bool,
@@ -158,7 +160,6 @@ fn run_to_port(vcpu: &mut KvmVcpu, ports: &[u16]) -> Result<(u16, u32), String> 
 pub fn scenario(kvm: &Kvm, dir: &Path, options: Options) -> Result<Outcome, String> {
     let vm = make_vm(kvm, options.mode, options.log_added_slot)?;
     let mem = vm.get_memory().clone();
-    mem.set_dirty_tracking(options.track_vmm_writes);
     let code = snapshot_program(&LAYOUT)?;
     mem.write_all_at_addr(&code, GuestAddress(LAYOUT.code.into()))
         .map_err(|e| e.to_string())?;
@@ -178,12 +179,18 @@ pub fn scenario(kvm: &Kvm, dir: &Path, options: Options) -> Result<Outcome, Stri
         )
         .map_err(|e| e.to_string())?;
         let state = save_state(&mut vcpu)?;
+        if !options.track_vmm_writes {
+            mem.set_dirty_tracking(true);
+        }
         let layer = if round == 0 {
             writer.write_full(&vm, &state)
         } else {
             writer.write_incremental(&vm, &state)
         }
         .map_err(|e| e.to_string())?;
+        if !options.track_vmm_writes {
+            mem.set_dirty_tracking(false);
+        }
         layers.push(layer);
     }
     // The old VM is gone before the new one runs: nothing of it can leak into the result.

@@ -15,7 +15,7 @@ use base::{MappedRegion, MemoryMapping, VolatileMemoryError, VolatileSlice};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::region::MemoryRegion;
-use crate::{Error, GuestAddress, GuestMemory, Result};
+use crate::{Error, GuestAddress, GuestMemory, Result, WriteSlice};
 
 impl GuestMemory {
     /// The host address of `addr..addr + len` when the range lies in one region: the fast path
@@ -61,7 +61,7 @@ impl GuestMemory {
     /// Records a write of `addr..addr + len` when tracking is on: on the hot path, one load
     /// of a flag and a branch that is never taken while tracking is off.
     #[inline(always)]
-    fn note_written(&self, addr: GuestAddress, len: usize) {
+    pub(crate) fn note_written(&self, addr: GuestAddress, len: usize) {
         if self.inner.table.tracking() {
             self.mark_written(addr, len);
         }
@@ -296,11 +296,25 @@ impl GuestMemory {
     }
 
     /// A slice of `len` bytes at `addr`, which must lie in one region. With dirty tracking
-    /// on, its pages are marked as it is handed out, since it may be written through.
+    /// on, its pages are marked as it is handed out, since it may be written through: a
+    /// harvest that runs after that and before the write takes the mark, and the write is
+    /// then in no harvest. A writer that may race a harvest takes
+    /// [`get_slice_for_write`](Self::get_slice_for_write) instead.
     pub fn get_slice_at_addr(&self, addr: GuestAddress, len: usize) -> Result<VolatileSlice<'_>> {
         if let Some(slice) = self.single_region_slice(addr, len) {
             self.note_written(addr, len);
             return Ok(slice);
+        }
+        self.check_range(addr, len)?;
+        Err(Error::RangeSpansRegions { addr, len })
+    }
+
+    /// A slice of `len` bytes at `addr` (in one region, as for
+    /// [`get_slice_at_addr`](Self::get_slice_at_addr)) to write through, whose pages are
+    /// marked dirty (with tracking on) when the returned guard is dropped, after the writes.
+    pub fn get_slice_for_write(&self, addr: GuestAddress, len: usize) -> Result<WriteSlice<'_>> {
+        if let Some(slice) = self.single_region_slice(addr, len) {
+            return Ok(WriteSlice::new(self, addr, slice));
         }
         self.check_range(addr, len)?;
         Err(Error::RangeSpansRegions { addr, len })

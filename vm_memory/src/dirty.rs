@@ -15,6 +15,9 @@ use crate::{Error, Result};
 
 /// Pages a word of the bitmap covers.
 const WORD_PAGES: usize = 64;
+/// The most pages a bitmap covers: 256 TiB of 4 KiB pages, in an 8 GiB bitmap. More is a
+/// caller's mistake (or a hostile size), refused rather than allocated.
+pub const MAX_DIRTY_PAGES: u64 = 1 << 36;
 
 /// A page bitmap that any number of threads mark at once, with two levels above it: bit `w`
 /// of the summary is set whenever word `w` may hold a set bit, and bit `s` of the top
@@ -27,12 +30,12 @@ const WORD_PAGES: usize = 64;
 ///
 /// ```
 /// use vm_memory::DirtyBitmap;
-/// let bitmap = DirtyBitmap::new(1000);
+/// let bitmap = DirtyBitmap::new(1000).unwrap();
 /// bitmap.mark_pages(3, 2).unwrap();
 /// bitmap.mark_pages(64, 1).unwrap();
 /// assert!(bitmap.is_dirty(4));
 /// assert_eq!(bitmap.runs().collect::<Vec<_>>(), [(3, 2), (64, 1)]);
-/// let mut harvested = DirtyBitmap::new(1000);
+/// let mut harvested = DirtyBitmap::new(1000).unwrap();
 /// bitmap.move_into(&mut harvested).unwrap();
 /// assert_eq!(bitmap.count(), 0);
 /// assert_eq!(harvested.count(), 3);
@@ -46,18 +49,31 @@ pub struct DirtyBitmap {
 }
 
 impl DirtyBitmap {
-    /// A clean bitmap of `pages` pages.
-    pub fn new(pages: usize) -> DirtyBitmap {
+    /// A clean bitmap of `pages` pages: at most [`MAX_DIRTY_PAGES`], and only if the memory
+    /// for it can be had, else [`Error::DirtyBitmapTooLarge`].
+    pub fn new(pages: usize) -> Result<DirtyBitmap> {
+        let too_large = || Error::DirtyBitmapTooLarge {
+            pages,
+            max: MAX_DIRTY_PAGES,
+        };
+        if pages as u64 > MAX_DIRTY_PAGES {
+            return Err(too_large());
+        }
         let words = pages.div_ceil(WORD_PAGES);
         let summary = words.div_ceil(64);
         let top = summary.div_ceil(64);
-        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
-        DirtyBitmap {
-            words: zeros(words),
-            summary: zeros(summary),
-            top: zeros(top),
+        let zeros = |n: usize| -> Result<Box<[AtomicU64]>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| too_large())?;
+            v.extend((0..n).map(|_| AtomicU64::new(0)));
+            Ok(v.into_boxed_slice())
+        };
+        Ok(DirtyBitmap {
+            words: zeros(words)?,
+            summary: zeros(summary)?,
+            top: zeros(top)?,
             pages,
-        }
+        })
     }
 
     /// How many pages the bitmap covers.
@@ -377,8 +393,25 @@ mod tests {
     }
 
     #[test]
+    fn sizes_past_the_bound_are_refused_not_allocated() {
+        for pages in [usize::MAX, MAX_DIRTY_PAGES as usize + 1] {
+            let err = DirtyBitmap::new(pages).unwrap_err();
+            assert!(
+                matches!(err, Error::DirtyBitmapTooLarge { pages: p, max } if p == pages && max == MAX_DIRTY_PAGES),
+                "{err}"
+            );
+        }
+        let empty = DirtyBitmap::new(0).unwrap();
+        assert_eq!((empty.pages(), empty.count()), (0, 0));
+        assert!(matches!(
+            empty.mark_pages(0, 1),
+            Err(Error::DirtyPagesOutOfRange { pages: 0, .. })
+        ));
+    }
+
+    #[test]
     fn runs_merge_across_words_and_summary_words() {
-        let b = DirtyBitmap::new(64 * 64 * 3);
+        let b = DirtyBitmap::new(64 * 64 * 3).unwrap();
         b.mark_pages(60, 10).unwrap(); // crosses word 0 -> 1
         b.mark_pages(64 * 64 - 2, 5).unwrap(); // crosses summary word 0 -> 1
         b.mark_pages(200, 64 * 2).unwrap(); // two whole words and pieces
@@ -406,7 +439,7 @@ mod tests {
         ] {
             let tries = if pages > 10_000 { 5 } else { 50 };
             for _ in 0..tries {
-                let b = DirtyBitmap::new(pages);
+                let b = DirtyBitmap::new(pages).unwrap();
                 let mut model = vec![false; pages];
                 for _ in 0..(rand() % 20) {
                     // Half the marks near a top-word boundary, when there is one.
@@ -446,7 +479,7 @@ mod tests {
 
     #[test]
     fn out_of_range_marks_are_refused_whole() {
-        let b = DirtyBitmap::new(100);
+        let b = DirtyBitmap::new(100).unwrap();
         for (first, count) in [(100, 1), (99, 2), (usize::MAX, 1), (1, usize::MAX)] {
             let err = b.mark_pages(first, count).unwrap_err();
             assert!(
@@ -459,7 +492,7 @@ mod tests {
         b.mark_pages(100, 0).unwrap();
         assert!(b.is_clean());
         assert!(!b.is_dirty(100) && !b.is_dirty(usize::MAX));
-        let mut other = DirtyBitmap::new(101);
+        let mut other = DirtyBitmap::new(101).unwrap();
         let err = b.move_into(&mut other).unwrap_err();
         assert!(matches!(
             err,
@@ -477,7 +510,7 @@ mod tests {
 
     #[test]
     fn kvm_words_are_ored_in_and_bits_past_the_end_refused() {
-        let mut b = DirtyBitmap::new(100);
+        let mut b = DirtyBitmap::new(100).unwrap();
         b.or_words_mut(&[0b1010, 1 << 35]).unwrap();
         assert_eq!(b.runs().collect::<Vec<_>>(), [(1, 1), (3, 1), (99, 1)]);
         // Page 100 does not exist; three words are more than 100 pages have.
@@ -490,15 +523,15 @@ mod tests {
         }
         assert_eq!(b.count(), 3);
         b.or_words_mut(&[]).unwrap();
-        let mut exact = DirtyBitmap::new(128);
+        let mut exact = DirtyBitmap::new(128).unwrap();
         exact.or_words_mut(&[0, u64::MAX]).unwrap();
         assert_eq!(exact.runs().collect::<Vec<_>>(), [(64, 64)]);
     }
 
     #[test]
     fn move_into_merges_and_clear_empties() {
-        let b = DirtyBitmap::new(5000);
-        let mut into = DirtyBitmap::new(5000);
+        let b = DirtyBitmap::new(5000).unwrap();
+        let mut into = DirtyBitmap::new(5000).unwrap();
         into.mark_pages_mut(10, 1).unwrap();
         b.mark_pages(11, 1).unwrap();
         b.mark_pages(4999, 1).unwrap();
@@ -515,8 +548,8 @@ mod tests {
     fn no_mark_is_lost_to_a_concurrent_move() {
         // Writers mark pages while a harvester moves bits out: every mark lands in exactly
         // one harvest or in what is left at the end.
-        let b = DirtyBitmap::new(64 * 64 * 2);
-        let mut harvested = DirtyBitmap::new(b.pages());
+        let b = DirtyBitmap::new(64 * 64 * 2).unwrap();
+        let mut harvested = DirtyBitmap::new(b.pages()).unwrap();
         let marks = 20_000usize;
         std::thread::scope(|scope| {
             for t in 0..2 {

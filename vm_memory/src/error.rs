@@ -39,6 +39,15 @@ pub enum Error {
         /// Pages of the other one.
         other: usize,
     },
+    /// A dirty bitmap of this many pages is more than one is made for, or than there is
+    /// memory for.
+    #[error("no dirty bitmap of {pages} pages (at most {max}, and memory for it)")]
+    DirtyBitmapTooLarge {
+        /// Pages asked for.
+        pages: usize,
+        /// The most a bitmap covers.
+        max: u64,
+    },
     /// Pages to mark reach past the end of a dirty bitmap.
     #[error("pages {first}+{count} are outside a dirty bitmap of {pages} pages")]
     DirtyPagesOutOfRange {

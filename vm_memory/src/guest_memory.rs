@@ -257,7 +257,8 @@ impl GuestMemory {
     /// [`remove_range`](Self::remove_range)) marks its pages in the region's
     /// [`dirty_bitmap`](MemoryRegion::dirty_bitmap) after the bytes are written, and
     /// [`get_slice_at_addr`](Self::get_slice_at_addr) marks the slice's pages when it hands it
-    /// out (so a device writing through a slice must not hold it across a harvest). Writes
+    /// out (so a device writing through such a slice must not hold it across a harvest), and
+    /// [`get_slice_for_write`](Self::get_slice_for_write) when its guard is dropped. Writes
     /// through raw host addresses are the caller's to mark with
     /// [`mark_dirty`](Self::mark_dirty), and so are writes through vm-memory's traits (feature
     /// `rust-vmm`), which carry no bitmap. Switch it on before the baseline copy, while no

@@ -33,6 +33,7 @@ mod region;
 mod region_table;
 #[cfg(feature = "rust-vmm")]
 pub mod rust_vmm;
+mod write_slice;
 
 /// rust-vmm's vm-memory, whose traits [`GuestMemory`] and [`MemoryRegion`] implement with the
 /// feature `rust-vmm` (see the `rust_vmm` module's notes and `docs/guides/rust-vmm.md`). Use
@@ -46,9 +47,10 @@ pub use rust_vm_memory;
 #[doc = include_str!("../../docs/guides/rust-vmm.md")]
 struct RustVmmGuide;
 
-pub use dirty::{DirtyBitmap, DirtyRuns};
+pub use dirty::{DirtyBitmap, DirtyRuns, MAX_DIRTY_PAGES};
 pub use error::{Error, Result};
 pub use guest_address::GuestAddress;
 pub use guest_memory::GuestMemory;
 pub use options::{FileBackedMapping, MemoryRegionOptions, MemoryRegionPurpose};
 pub use region::{MemoryRegion, MemoryRegionInformation, RegionBacking};
+pub use write_slice::WriteSlice;

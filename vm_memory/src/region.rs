@@ -214,7 +214,7 @@ pub(crate) fn map_region(
         backing,
         backing_offset,
         options,
-        dirty: DirtyBitmap::new(size as usize / base::pagesize()),
+        dirty: DirtyBitmap::new(size as usize / base::pagesize())?,
         #[cfg(feature = "rust-vmm")]
         file_offset: std::sync::OnceLock::new(),
     })

@@ -230,6 +230,11 @@ impl KvmDirtyLog {
             // Entries still in the rings for this slot are dropped with it.
             self.drain_rings(&mut state, &mut pending)?;
         }
+        // Made before the slot changes, so that a bitmap that cannot be had changes nothing.
+        let pages = usize::try_from(size / base::pagesize() as u64).unwrap_or(usize::MAX);
+        let fresh = (enable && !state.logged.contains(&slot))
+            .then(|| DirtyBitmap::new(pages))
+            .transpose()?;
         change(&mut lock(&self.table))?;
         if !enable {
             state.scratch.remove(&slot);
@@ -237,11 +242,10 @@ impl KvmDirtyLog {
             pending.slots.remove(&slot);
             return Ok(());
         }
-        if !state.logged.insert(slot) {
+        let Some(mut bitmap) = fresh else {
             return Ok(());
-        }
-        let pages = (size / base::pagesize() as u64) as usize;
-        let mut bitmap = DirtyBitmap::new(pages);
+        };
+        state.logged.insert(slot);
         bitmap.mark_pages_mut(0, pages)?;
         pending.slots.insert(slot, SlotPages { guest_addr, bitmap });
         if !self.mode_is_ring() {

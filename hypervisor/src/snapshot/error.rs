@@ -59,6 +59,13 @@ pub enum Error {
         /// The directory.
         dir: PathBuf,
     },
+    /// The tracking of the VMM's own writes to guest memory is off, so an incremental layer
+    /// could miss pages the VMM wrote.
+    #[error("layer {sequence}: the VMM's writes to guest memory are not being tracked")]
+    DirtyTrackingOff {
+        /// The layer that was to be written.
+        sequence: u32,
+    },
     /// A slot is listed twice in one layer.
     #[error("{path}: slot {slot} is listed twice")]
     DuplicateSlot {

@@ -62,7 +62,10 @@ impl SnapshotWriter {
     }
 
     /// Writes the full layer: every page of every logged slot that the slot maps read-write,
-    /// with `state` (the caller's vCPU and device state, opaque here). The VM's pending dirty pages are taken with it.
+    /// with `state` (the caller's vCPU and device state, opaque here). The VM's pending dirty
+    /// pages are taken with it. It turns on the tracking of the VMM's own writes to boot RAM
+    /// ([`GuestMemory::set_dirty_tracking`](vm_memory::GuestMemory::set_dirty_tracking))
+    /// first, so that the incremental layers hold them.
     pub fn write_full(&mut self, vm: &dyn Vm, state: &[u8]) -> Result<LayerSummary> {
         if self.next != 0 {
             return Err(Error::FirstLayerKind {
@@ -72,6 +75,7 @@ impl SnapshotWriter {
                 expected: "incremental",
             });
         }
+        vm.get_memory().set_dirty_tracking(true);
         let begun = Instant::now();
         let harvest = vm.harvest_dirty_log()?;
         let harvest_time = begun.elapsed();
@@ -93,7 +97,9 @@ impl SnapshotWriter {
     }
 
     /// Writes an incremental layer: the pages dirtied since the previous layer, by the guest
-    /// or through boot RAM's `GuestMemory`, and `state`.
+    /// or through boot RAM's `GuestMemory`, and `state`. Refused with
+    /// [`Error::DirtyTrackingOff`] while the tracking of the VMM's writes is off (it was
+    /// turned off after the full layer): the layer could miss what the VMM wrote.
     pub fn write_incremental(&mut self, vm: &dyn Vm, state: &[u8]) -> Result<LayerSummary> {
         if self.next == 0 {
             return Err(Error::FirstLayerKind {
@@ -101,6 +107,11 @@ impl SnapshotWriter {
                 sequence: 0,
                 kind: "incremental",
                 expected: "full",
+            });
+        }
+        if !vm.get_memory().dirty_tracking() {
+            return Err(Error::DirtyTrackingOff {
+                sequence: self.next,
             });
         }
         let begun = Instant::now();
