@@ -127,6 +127,15 @@ impl DirtyBitmap {
         Ok(())
     }
 
+    /// Marks one page through an exclusive borrow: how a harvester takes a dirty ring's
+    /// entries, one page at a time. A page past the end is refused.
+    #[inline]
+    pub fn mark_page_mut(&mut self, page: usize) -> Result<()> {
+        self.check(page, 1)?;
+        self.or_word_mut(page / WORD_PAGES, 1 << (page % WORD_PAGES));
+        Ok(())
+    }
+
     /// ORs `words` into this bitmap through an exclusive borrow: a bitmap in the layout of
     /// `KVM_GET_DIRTY_LOG`, where bit `i` of word `w` is page `64 * w + i`. A bit past the
     /// last page is refused, and then nothing is marked.
@@ -145,10 +154,22 @@ impl DirtyBitmap {
                 pages: self.pages,
             });
         }
-        for (w, &bits) in words.iter().enumerate() {
-            if bits != 0 {
-                self.or_word_mut(w, bits);
+        // A summary word's worth (64 words) at a time: the group's summary bits gather in a
+        // register and are stored once (a store per word into the same summary word would
+        // make each wait for the last), and a clean group costs one pass of ORs.
+        for (s, group) in words.chunks(64).enumerate() {
+            if group.iter().fold(0, |any, &bits| any | bits) == 0 {
+                continue;
             }
+            let mut summary = 0u64;
+            for (i, (&bits, word)) in group.iter().zip(&mut self.words[s * 64..]).enumerate() {
+                if bits != 0 {
+                    *word.get_mut() |= bits;
+                    summary |= 1 << i;
+                }
+            }
+            *self.summary[s].get_mut() |= summary;
+            *self.top[s / 64].get_mut() |= 1 << (s % 64);
         }
         Ok(())
     }
@@ -156,9 +177,13 @@ impl DirtyBitmap {
     /// ORs `bits` into word `w` and sets its bits above, through an exclusive borrow.
     #[inline]
     fn or_word_mut(&mut self, w: usize, bits: u64) {
-        *self.words[w].get_mut() |= bits;
-        *self.summary[w / 64].get_mut() |= 1 << (w % 64);
-        *self.top[w / 4096].get_mut() |= 1 << ((w / 64) % 64);
+        let word = self.words[w].get_mut();
+        // A word that holds a mark has its summary and top bits set already.
+        if *word == 0 {
+            *self.summary[w / 64].get_mut() |= 1 << (w % 64);
+            *self.top[w / 4096].get_mut() |= 1 << ((w / 64) % 64);
+        }
+        *word |= bits;
     }
 
     /// Whether `page` is marked (false past the end).
@@ -226,8 +251,16 @@ impl DirtyBitmap {
         for t in 0..self.top.len() {
             for s in BitIter(std::mem::take(self.top[t].get_mut())).map(|b| t * 64 + b as usize) {
                 let bits = std::mem::take(self.summary[s].get_mut());
-                for w in BitIter(bits).map(|b| s * 64 + b as usize) {
-                    *self.words[w].get_mut() = 0;
+                let end = (s * 64 + 64).min(self.words.len());
+                if bits.count_ones() > 32 {
+                    // Dense: the whole group, a stretch of stores without a bit search.
+                    self.words[s * 64..end]
+                        .iter_mut()
+                        .for_each(|w| *w.get_mut() = 0);
+                } else {
+                    for w in BitIter(bits).map(|b| s * 64 + b as usize) {
+                        *self.words[w].get_mut() = 0;
+                    }
                 }
             }
         }
@@ -237,32 +270,27 @@ impl DirtyBitmap {
     /// merged (also across words): what [`runs`](Self::runs) yields, several times faster
     /// for many short runs, since nothing is kept between calls.
     pub fn for_each_run(&self, mut f: impl FnMut(usize, usize)) {
-        let mut run: Option<(usize, usize)> = None;
+        // The run being gathered; empty (`len` 0) only before the first, which any run then
+        // extends or replaces alike.
+        let mut run = (0usize, 0usize);
         for (t, top) in self.top.iter().enumerate() {
             for s in BitIter(top.load(SeqCst)).map(|b| t * 64 + b as usize) {
-                for w in BitIter(self.summary[s].load(SeqCst)).map(|b| s * 64 + b as usize) {
-                    let mut bits = self.words[w].load(SeqCst);
-                    while bits != 0 {
-                        let start = bits.trailing_zeros();
-                        let ones = (bits >> start).trailing_ones();
-                        let mask = u64::MAX.checked_shl(ones).map_or(u64::MAX, |m| !m) << start;
-                        bits &= !mask;
-                        let first = w * WORD_PAGES + start as usize;
-                        match &mut run {
-                            Some((f0, n)) if *f0 + *n == first => *n += ones as usize,
-                            _ => {
-                                if let Some((f0, n)) = run {
-                                    f(f0, n);
-                                }
-                                run = Some((first, ones as usize));
-                            }
-                        }
+                let summary = self.summary[s].load(SeqCst);
+                let group = &self.words[s * 64..(s * 64 + 64).min(self.words.len())];
+                if summary.count_ones() > 32 {
+                    // Dense: word by word, loads that need not wait for a bit search.
+                    for (i, word) in group.iter().enumerate() {
+                        runs_of_word(s * 64 + i, word.load(SeqCst), &mut run, &mut f);
+                    }
+                } else {
+                    for i in BitIter(summary).map(|b| b as usize) {
+                        runs_of_word(s * 64 + i, group[i].load(SeqCst), &mut run, &mut f);
                     }
                 }
             }
         }
-        if let Some((f0, n)) = run {
-            f(f0, n);
+        if run.1 != 0 {
+            f(run.0, run.1);
         }
     }
 
@@ -278,6 +306,35 @@ impl DirtyBitmap {
             word_index: 0,
             word_bits: 0,
             ahead: None,
+        }
+    }
+}
+
+/// Hands the runs of ones in word `w` (holding `bits`) to `f`, after the run being gathered
+/// in `run` (first page, count; count 0 before the first) when they do not continue it.
+#[inline(always)]
+fn runs_of_word(
+    w: usize,
+    mut bits: u64,
+    run: &mut (usize, usize),
+    f: &mut impl FnMut(usize, usize),
+) {
+    while bits != 0 {
+        // Adding the lowest set bit carries through the run of ones it starts: the run is
+        // cleared, and the carry lands on the bit just past it (or out of the word).
+        let start = bits.trailing_zeros();
+        let carried = bits.wrapping_add(bits & bits.wrapping_neg());
+        let end = (carried & !bits).trailing_zeros();
+        bits &= carried;
+        let at = w * WORD_PAGES + start as usize;
+        let ones = (end - start) as usize;
+        if at == run.0 + run.1 {
+            run.1 += ones;
+        } else {
+            if run.1 != 0 {
+                f(run.0, run.1);
+            }
+            *run = (at, ones);
         }
     }
 }
@@ -452,6 +509,14 @@ mod tests {
                     b.mark_pages(first, count).unwrap();
                     model[first..first + count].fill(true);
                 }
+                // And a stretch of scattered pages, so that some summary groups are dense
+                // (walked word by word) and some sparse (through their summary bits).
+                let stride = 1 + (rand() as usize) % 100;
+                let from = (rand() as usize) % pages;
+                for page in (from..pages.min(from + 8192)).step_by(stride) {
+                    b.mark_pages(page, 1).unwrap();
+                    model[page] = true;
+                }
                 let mut expected = Vec::new();
                 let mut i = 0;
                 while i < pages {
@@ -473,6 +538,11 @@ mod tests {
                 for (p, d) in model.iter().enumerate() {
                     assert_eq!(b.is_dirty(p), *d);
                 }
+                // Cleared, no word keeps a bit that a later mark's summary would bring back.
+                let mut b = b;
+                b.clear();
+                assert!((0..pages).all(|p| !b.is_dirty(p)), "{pages} pages, cleared");
+                assert!(b.is_clean());
             }
         }
     }

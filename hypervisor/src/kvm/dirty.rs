@@ -439,7 +439,7 @@ impl KvmDirtyLog {
                         last = pending.slots.get_mut(&slot).map(|p| (slot, p));
                     }
                     if let (Some((_, p)), Ok(page)) = (last.as_mut(), usize::try_from(offset)) {
-                        let _ = p.bitmap.mark_pages_mut(page, 1);
+                        let _ = p.bitmap.mark_page_mut(page);
                     }
                 }
                 flags.store(GFN_RESET, Ordering::Release);
