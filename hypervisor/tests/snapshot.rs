@@ -827,3 +827,269 @@ fn arena_slots_hand_out_and_snapshot_only_their_read_write_parts() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A VM that lies about its memory, as a safe `Vm` implementation may: it hands out a slice
+/// of one page whatever is asked, or lists its mappings as told.
+struct Liar {
+    inner: KvmVm,
+    /// Two pages: the first is handed out for every slot range, so that a write past it
+    /// lands in the second, where it can be seen.
+    pages: base::MemoryMapping,
+    short_slices: bool,
+    mappings: Option<Vec<hypervisor::SlotMapping>>,
+}
+
+impl Vm for Liar {
+    fn check_capability(&self, cap: hypervisor::VmCap) -> bool {
+        self.inner.check_capability(cap)
+    }
+    fn get_memory(&self) -> &GuestMemory {
+        self.inner.get_memory()
+    }
+    fn add_memory_region(
+        &self,
+        guest_addr: GuestAddress,
+        mem: Box<dyn base::MappedRegion>,
+        read_only: bool,
+        log_dirty_pages: bool,
+        cache: MemCacheType,
+    ) -> hypervisor::Result<hypervisor::MemSlot> {
+        self.inner
+            .add_memory_region(guest_addr, mem, read_only, log_dirty_pages, cache)
+    }
+    fn msync_memory_region(&self, slot: u32, offset: usize, size: usize) -> hypervisor::Result<()> {
+        self.inner.msync_memory_region(slot, offset, size)
+    }
+    fn madvise_pageout_memory_region(
+        &self,
+        slot: u32,
+        offset: usize,
+        size: usize,
+    ) -> hypervisor::Result<()> {
+        self.inner.madvise_pageout_memory_region(slot, offset, size)
+    }
+    fn madvise_remove_memory_region(
+        &self,
+        slot: u32,
+        offset: usize,
+        size: usize,
+    ) -> hypervisor::Result<()> {
+        self.inner.madvise_remove_memory_region(slot, offset, size)
+    }
+    fn remove_memory_region(&self, slot: u32) -> hypervisor::Result<Box<dyn base::MappedRegion>> {
+        self.inner.remove_memory_region(slot)
+    }
+    fn set_dirty_logging(&self, slot: u32, enable: bool) -> hypervisor::Result<()> {
+        self.inner.set_dirty_logging(slot, enable)
+    }
+    fn get_dirty_log(&self, slot: u32, dirty_log: &mut [u8]) -> hypervisor::Result<()> {
+        self.inner.get_dirty_log(slot, dirty_log)
+    }
+    fn dirty_log_mode(&self) -> hypervisor::DirtyLogMode {
+        self.inner.dirty_log_mode()
+    }
+    fn harvest_dirty_log(&self) -> hypervisor::Result<hypervisor::DirtyHarvest<'_>> {
+        self.inner.harvest_dirty_log()
+    }
+    fn with_slot_memory(
+        &self,
+        slot: u32,
+        offset: usize,
+        size: usize,
+        f: &mut dyn FnMut(base::VolatileSlice<'_>) -> std::io::Result<()>,
+    ) -> hypervisor::Result<()> {
+        if !self.short_slices {
+            return self.inner.with_slot_memory(slot, offset, size, f);
+        }
+        use base::VolatileMemory;
+        let slice = self.pages.get_slice(0, P as usize).unwrap();
+        f(slice).map_err(|source| hypervisor::Error::SlotMemoryAccess {
+            slot,
+            offset,
+            source,
+        })
+    }
+    fn memory_slots(&self) -> Vec<hypervisor::SlotInfo> {
+        self.inner.memory_slots()
+    }
+    fn slot_mappings(&self, slot: u32) -> hypervisor::Result<Vec<hypervisor::SlotMapping>> {
+        match &self.mappings {
+            Some(m) => Ok(m.clone()),
+            None => self.inner.slot_mappings(slot),
+        }
+    }
+    fn add_fd_mapping(
+        &self,
+        slot: u32,
+        offset: usize,
+        size: usize,
+        fd: &dyn base::AsRawDescriptor,
+        fd_offset: u64,
+        prot: base::Protection,
+    ) -> hypervisor::Result<()> {
+        self.inner
+            .add_fd_mapping(slot, offset, size, fd, fd_offset, prot)
+    }
+    fn remove_mapping(&self, slot: u32, offset: usize, size: usize) -> hypervisor::Result<()> {
+        self.inner.remove_mapping(slot, offset, size)
+    }
+    fn reserve_guest_range(&self, guest_addr: GuestAddress, size: u64) -> hypervisor::Result<()> {
+        self.inner.reserve_guest_range(guest_addr, size)
+    }
+    fn release_guest_range(&self, guest_addr: GuestAddress, size: u64) -> hypervisor::Result<()> {
+        self.inner.release_guest_range(guest_addr, size)
+    }
+}
+
+#[test]
+fn a_vm_that_lies_about_its_memory_gets_typed_refusals_and_nothing_is_touched_past_it() {
+    let Some(kvm) = kvm_or_skip("snapshot_liar") else {
+        return;
+    };
+    let ram = 16 * P;
+    let lying = |short_slices, mappings| {
+        let inner = KvmVm::new(&kvm, GuestMemory::new(&[(GuestAddress(0), ram)]).unwrap()).unwrap();
+        inner.set_dirty_logging(0, true).unwrap();
+        Liar {
+            inner,
+            pages: MemoryMappingBuilder::new(2 * P as usize).build().unwrap(),
+            short_slices,
+            mappings,
+        }
+    };
+    // Writing: a one-page slice for 16 pages is refused before a byte is written.
+    let dir = scratch("liar-write");
+    let liar = lying(true, None);
+    let err = SnapshotWriter::create(&dir)
+        .unwrap()
+        .durable(false)
+        .write_full(&liar, b"")
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ShortSlice { slot: 0, offset: 0, asked, got } if asked == ram as usize && got == P as usize),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Mappings past the slot, overlapping or out of order: refused, the harvest kept.
+    let rw = base::Protection::read_write();
+    let map = |offset: u64, size: u64| hypervisor::SlotMapping {
+        offset: offset as usize,
+        size: size as usize,
+        protection: rw,
+    };
+    for (mappings, why) in [
+        (vec![map(0, ram + P)], "inside"),
+        (vec![map(P, usize::MAX as u64)], "inside"),
+        (vec![map(4 * P, P), map(0, P)], "before"),
+        (vec![map(0, 2 * P), map(P, P)], "before"),
+    ] {
+        let dir = scratch("liar-mappings");
+        let liar = lying(false, Some(mappings));
+        let err = SnapshotWriter::create(&dir)
+            .unwrap()
+            .durable(false)
+            .write_full(&liar, b"")
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::BadSlotMappings { slot: 0, why: ref w } if w.contains(why)),
+            "{err}"
+        );
+        // Nothing was committed: the baseline is still all there.
+        assert_eq!(liar.harvest_dirty_log().unwrap().pages(), ram / P);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // Restoring: a good snapshot into a VM that hands out one page for sixteen.
+    let dir = scratch("liar-restore");
+    let honest = lying(false, None);
+    SnapshotWriter::create(&dir)
+        .unwrap()
+        .durable(false)
+        .write_full(&honest, b"")
+        .unwrap();
+    let liar = lying(true, None);
+    use base::VolatileMemory;
+    let beyond = liar.pages.get_slice(P as usize, 8).unwrap();
+    beyond.write_obj(0x5eu64, 0).unwrap();
+    let err = snapshot::restore(&dir, &liar).unwrap_err();
+    assert!(
+        matches!(err, Error::ShortSlice { asked, got, .. } if asked == ram as usize && got == P as usize),
+        "{err}"
+    );
+    assert_eq!(
+        beyond.read_obj::<u64>(0).unwrap(),
+        0x5e,
+        "the page past the slice was written"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_writer_refuses_what_its_readers_would_and_is_not_led_astray_by_its_directory() {
+    let Some(kvm) = kvm_or_skip("snapshot_writer_refusals") else {
+        return;
+    };
+    let vm = KvmVm::new(
+        &kvm,
+        GuestMemory::new(&[(GuestAddress(0), 16 * P)]).unwrap(),
+    )
+    .unwrap();
+    vm.set_dirty_logging(0, true).unwrap();
+    // A state no reader takes, refused before anything is harvested or written.
+    let dir = scratch("writer-state");
+    let mut w = SnapshotWriter::create(&dir).unwrap().durable(false);
+    let huge = vec![0u8; (256 << 20) + 1];
+    assert!(matches!(
+        w.write_full(&vm, &huge),
+        Err(Error::StateTooLarge { len, max, .. }) if len == (256 << 20) + 1 && max == 256 << 20
+    ));
+    drop(huge);
+    assert!(!dir.join(layer_name(0)).exists());
+    // A FIFO or a link at the temporary name is replaced, not waited on or followed.
+    let temp = dir.join(format!(".{}.partial", layer_name(0)));
+    let fifo = std::ffi::CString::new(temp.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the path, a NUL-terminated string that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    w.write_full(&vm, b"0").unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"untouched").unwrap();
+    let temp = dir.join(format!(".{}.partial", layer_name(1)));
+    std::os::unix::fs::symlink(&victim, &temp).unwrap();
+    vm.get_memory()
+        .write_obj_at_addr(1u64, GuestAddress(P))
+        .unwrap();
+    w.write_incremental(&vm, b"1").unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    std::fs::remove_file(&victim).unwrap();
+    assert_eq!(snapshot::verify(&dir).unwrap().len(), 2);
+
+    // Tracking switched off and on again since the full layer: a VMM write may be missing.
+    vm.get_memory().set_dirty_tracking(false);
+    vm.get_memory()
+        .write_obj_at_addr(2u64, GuestAddress(2 * P))
+        .unwrap();
+    vm.get_memory().set_dirty_tracking(true);
+    assert!(matches!(
+        w.write_incremental(&vm, b""),
+        Err(Error::DirtyTrackingOff { sequence: 2 })
+    ));
+
+    // A new snapshot cannot start in a directory holding any layer, not only layer 0; names
+    // that only look like layers are not layers.
+    let other = scratch("writer-stale");
+    std::fs::create_dir_all(&other).unwrap();
+    for name in [
+        "layer-1.vmsnap",
+        "layer-000001.vmsnap",
+        "layer-+0001.vmsnap",
+    ] {
+        std::fs::write(other.join(name), b"").unwrap();
+    }
+    SnapshotWriter::create(&other).unwrap();
+    std::fs::write(other.join(layer_name(3)), b"").unwrap();
+    assert!(matches!(
+        SnapshotWriter::create(&other),
+        Err(Error::DirectoryNotEmpty { .. })
+    ));
+    std::fs::remove_dir_all(&other).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

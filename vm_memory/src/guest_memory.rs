@@ -272,6 +272,14 @@ impl GuestMemory {
         self.inner.table.tracking()
     }
 
+    /// A number that changes whenever the recording of the VMM's writes is switched off (on
+    /// any clone). Tracking on, and the same epoch at two points, means that no write made
+    /// through this memory between them went unrecorded: how a harvester can tell that its
+    /// record since a baseline is whole, even if tracking was off for a while and back on.
+    pub fn dirty_tracking_epoch(&self) -> u64 {
+        self.inner.table.tracking_epoch()
+    }
+
     /// Marks the pages of `addr..addr + len` (across contiguous regions) as written by the
     /// VMM, when tracking is on: for writes made through a raw host address. The whole range
     /// must be guest memory; `len` 0 marks nothing.

@@ -76,6 +76,9 @@ pub(crate) struct RegionTable {
     fast_write_len: AtomicU64,
     /// Whether writes through this table must be marked dirty.
     tracking: AtomicBool,
+    /// How many times tracking has been switched off: the same value at two points means no
+    /// write between them went unmarked.
+    tracking_epoch: AtomicU64,
     shift: u32,
     /// Search steps over a bucket's window: log2 of the most regions a bucket holds, at most
     /// 3 (`WINDOW`).
@@ -144,6 +147,7 @@ impl RegionTable {
             fast_index,
             fast_write_len: AtomicU64::new(entries[fast_index].len),
             tracking: AtomicBool::new(false),
+            tracking_epoch: AtomicU64::new(0),
             shift,
             steps: most.next_power_of_two().trailing_zeros(),
             buckets,
@@ -221,9 +225,17 @@ impl RegionTable {
 
     /// Turns the marking of writes on or off (see `find_host_for_write`).
     pub fn set_tracking(&self, on: bool) {
+        if !on {
+            self.tracking_epoch.fetch_add(1, Ordering::SeqCst);
+        }
         self.tracking.store(on, Ordering::SeqCst);
         let len = if on { 0 } else { self.fast.len };
         self.fast_write_len.store(len, Ordering::SeqCst);
+    }
+
+    /// How many times tracking has been switched off.
+    pub fn tracking_epoch(&self) -> u64 {
+        self.tracking_epoch.load(Ordering::SeqCst)
     }
 
     /// Whether writes must be marked.

@@ -17,7 +17,8 @@ use crate::{GuestAddress, GuestMemory};
 /// [`GuestMemory::get_slice_at_addr`], which are marked when handed out.
 ///
 /// It dereferences to the [`VolatileSlice`]. A copy of that slice taken out of the guard is
-/// not covered once the guard is gone: write through the guard, or keep it until done.
+/// not covered once the guard is gone: write through the guard, or keep it until done. A
+/// guard that is never dropped (`mem::forget`) marks nothing.
 ///
 /// ```
 /// use vm_memory::{DirtyBitmap, GuestAddress, GuestMemory};

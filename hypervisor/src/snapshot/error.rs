@@ -31,6 +31,15 @@ pub enum Error {
         /// The first eight bytes found.
         found: [u8; 8],
     },
+    /// The VM lists a slot's mappings out of order, overlapping, or past the slot's end: a
+    /// `Vm` that is not telling the truth, whose word is not taken for what a layer holds.
+    #[error("slot {slot}: the VM's list of its mappings does not hold ({why})")]
+    BadSlotMappings {
+        /// The slot.
+        slot: MemSlot,
+        /// What is wrong, with the values.
+        why: String,
+    },
     /// A layer does not follow the one before it.
     #[error("{path}: layer {sequence} names parent checksum {found:#010x}, but layer {} has {expected:#010x}", sequence.wrapping_sub(1))]
     ChainBroken {
@@ -59,9 +68,9 @@ pub enum Error {
         /// The directory.
         dir: PathBuf,
     },
-    /// The tracking of the VMM's own writes to guest memory is off, so an incremental layer
-    /// could miss pages the VMM wrote.
-    #[error("layer {sequence}: the VMM's writes to guest memory are not being tracked")]
+    /// The tracking of the VMM's own writes to guest memory is off, or was off for a while
+    /// since the full layer, so an incremental layer could miss pages the VMM wrote.
+    #[error("layer {sequence}: the VMM's writes to guest memory were not all tracked since the full layer")]
     DirtyTrackingOff {
         /// The layer that was to be written.
         sequence: u32,
@@ -188,6 +197,19 @@ pub enum Error {
         /// The sequence found.
         found: u32,
     },
+    /// The VM handed out a slice of another length than the range asked for: a `Vm` that is
+    /// not telling the truth, whose memory is not touched.
+    #[error("slot {slot}: asked for {asked:#x} bytes at {offset:#x}, the VM handed out {got:#x}")]
+    ShortSlice {
+        /// The slot.
+        slot: MemSlot,
+        /// Where in the slot.
+        offset: usize,
+        /// The bytes asked for.
+        asked: usize,
+        /// The bytes handed out.
+        got: usize,
+    },
     /// A layer's header gives sizes whose sum overflows.
     #[error("{path}: the header's sizes overflow")]
     SizesOverflow {
@@ -209,7 +231,8 @@ pub enum Error {
         found: String,
     },
     /// A layer's state is larger than any reader takes: its header is corrupt (or hostile: a
-    /// sparse file can claim a terabyte of state and occupy nothing).
+    /// sparse file can claim a terabyte of state and occupy nothing), or a writer was handed
+    /// a state its readers would refuse.
     #[error("{path}: state of {len:#x} bytes, at most {max:#x}")]
     StateTooLarge {
         /// The layer file.

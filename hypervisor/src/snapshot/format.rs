@@ -89,6 +89,29 @@ pub fn layer_name(sequence: u32) -> String {
     format!("layer-{sequence:05}.vmsnap")
 }
 
+/// The sequence number of a layer's file name: `Some(n)` only for exactly
+/// [`layer_name`]`(n)`, so that other names that look alike are never taken for layers.
+pub(crate) fn layer_sequence(name: &std::ffi::OsStr) -> Option<u32> {
+    let name = name.to_str()?;
+    let digits = name.strip_prefix("layer-")?.strip_suffix(".vmsnap")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let sequence = digits.parse().ok()?;
+    (layer_name(sequence) == name).then_some(sequence)
+}
+
+/// The layers in `dir`, by sequence number, in no order; the names' entries are not opened.
+pub(crate) fn layers_in(dir: &std::path::Path) -> std::io::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        if let Some(sequence) = layer_sequence(&entry?.file_name()) {
+            found.push(sequence);
+        }
+    }
+    Ok(found)
+}
+
 const _: () = {
     assert!(std::mem::size_of::<Header>() == 64);
     assert!(std::mem::size_of::<SlotRecord>() == 24);

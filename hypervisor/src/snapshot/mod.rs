@@ -40,7 +40,11 @@
 //! devices first. Dirty pages are collected (and re-armed) before they are copied, so a
 //! write that races a layer is in the next one; and a layer's checksum is taken of the bytes
 //! in its file, read back as they are written, so a page that changes while it is copied
-//! still makes a layer that verifies.
+//! still makes a layer that verifies. The checksums catch corruption, not a hostile writer:
+//! anyone who may write the directory can rewrite a layer and its checksums alike (a layer is
+//! made as a new file of the writer's own, never through a link or a FIFO left at its name).
+//! The memory a layer is read from or restored into is only ever what the `Vm` hands out, of
+//! the length asked for (a `Vm` that hands out less gets a typed refusal).
 
 mod error;
 mod format;

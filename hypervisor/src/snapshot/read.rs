@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use zerocopy::FromZeros;
@@ -48,7 +49,13 @@ fn read_into(
     file_len: u64,
 ) -> Result<()> {
     let mut short = None;
+    let mut handed = None;
     vm.with_slot_memory(slot, offset, n, &mut |slice| {
+        // The kernel writes as many bytes as asked: never more than the slice holds.
+        if slice.size() != n {
+            handed = Some(slice.size());
+            return Ok(());
+        }
         let mut got = 0;
         while got < n {
             // SAFETY: the kernel writes `n - got` bytes inside `slice`, which names live,
@@ -85,6 +92,14 @@ fn read_into(
         },
         e => Error::Vm(e),
     })?;
+    if let Some(got) = handed {
+        return Err(Error::ShortSlice {
+            slot,
+            offset,
+            asked: n,
+            got,
+        });
+    }
     match short {
         // The file shrank after it was opened.
         Some(got) => Err(Error::Truncated {
@@ -179,7 +194,8 @@ type SlotTable = BTreeMap<MemSlot, (u64, u64)>;
 
 fn read_chain(dir: &Path, vm: Option<&dyn Vm>) -> Result<Restored> {
     let mut count = 0u32;
-    while dir.join(layer_name(count)).exists() {
+    // A dangling link counts as there: it is refused when opened, by name.
+    while dir.join(layer_name(count)).symlink_metadata().is_ok() {
         count = count.checked_add(1).ok_or_else(|| Error::TooManyLayers {
             dir: dir.to_path_buf(),
         })?;
@@ -238,33 +254,19 @@ fn read_chain(dir: &Path, vm: Option<&dyn Vm>) -> Result<Restored> {
 /// Refuses a chain of `count` layers in `dir` when a later layer is there too: the chain
 /// has a gap, and restoring it would quietly roll back past the layers after the gap.
 fn check_no_later_layer(dir: &Path, count: u32) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+    let layers = layers_in(dir).map_err(|source| Error::Io {
         op: "list",
         path: dir.to_path_buf(),
         source,
     })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::Io {
-            op: "list",
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let name = entry.file_name();
-        let sequence = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("layer-"))
-            .and_then(|n| n.strip_suffix(".vmsnap"))
-            .filter(|n| n.len() >= 5 && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u32>().ok());
-        if let Some(found) = sequence.filter(|&n| n >= count) {
-            return Err(Error::MissingLayer {
-                dir: dir.to_path_buf(),
-                missing: count,
-                found,
-            });
-        }
+    match layers.into_iter().filter(|&n| n >= count).min() {
+        Some(found) => Err(Error::MissingLayer {
+            dir: dir.to_path_buf(),
+            missing: count,
+            found,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Refuses a VM whose logged slots are not exactly the snapshot's.
@@ -315,11 +317,12 @@ impl Layer {
             let path = path.to_path_buf();
             move |source| Error::Io { op, path, source }
         };
-        // Not blocking: a FIFO under a layer's name must not wait for a writer. What is
-        // opened is then read only if it is a regular file, where the flag means nothing.
+        // Not blocking: a FIFO under a layer's name must not wait for a writer (nor a
+        // terminal become ours). What is opened is read only if it is a regular file, and then
+        // in blocking mode again, as some filesystems (FUSE) would answer EAGAIN.
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
             .map_err(io("open"))?;
         let meta = file.metadata().map_err(io("stat"))?;
@@ -327,6 +330,10 @@ impl Layer {
             return Err(Error::NotAFile {
                 path: path.to_path_buf(),
             });
+        }
+        // SAFETY: F_SETFL on our own open descriptor changes its flags only.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
+            return Err(io("fcntl")(std::io::Error::last_os_error()));
         }
         let file_len = meta.len();
         let mut layer = Layer {

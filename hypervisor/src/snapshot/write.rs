@@ -13,7 +13,7 @@ use zerocopy::IntoBytes;
 
 use super::format::*;
 use super::{Error, LayerSummary, Result};
-use crate::{DirtyRun, SlotInfo, Vm};
+use crate::{DirtyRun, MemSlot, SlotInfo, Vm};
 
 /// Writes the layers of one snapshot into a directory: [`write_full`](Self::write_full)
 /// first, then any number of [`write_incremental`](Self::write_incremental).
@@ -29,6 +29,8 @@ pub struct SnapshotWriter {
     next: u32,
     parent: u32,
     durable: bool,
+    /// The boot RAM's tracking epoch when the full layer turned tracking on.
+    tracking_epoch: u64,
 }
 
 impl SnapshotWriter {
@@ -40,7 +42,12 @@ impl SnapshotWriter {
             path: dir.to_path_buf(),
             source,
         })?;
-        if dir.join(layer_name(0)).exists() {
+        let layers = layers_in(dir).map_err(|source| Error::Io {
+            op: "list",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if !layers.is_empty() {
             return Err(Error::DirectoryNotEmpty {
                 dir: dir.to_path_buf(),
             });
@@ -50,6 +57,7 @@ impl SnapshotWriter {
             next: 0,
             parent: 0,
             durable: true,
+            tracking_epoch: 0,
         })
     }
 
@@ -75,7 +83,9 @@ impl SnapshotWriter {
                 expected: "incremental",
             });
         }
+        check_state(&self.dir, self.next, state)?;
         vm.get_memory().set_dirty_tracking(true);
+        self.tracking_epoch = vm.get_memory().dirty_tracking_epoch();
         let begun = Instant::now();
         let harvest = vm.harvest_dirty_log()?;
         let harvest_time = begun.elapsed();
@@ -89,7 +99,7 @@ impl SnapshotWriter {
                 len: s.size,
             })
             .collect();
-        let runs = mapped_parts(vm, &whole)?;
+        let runs = mapped_parts(vm, &slots, &whole)?;
         let mut summary = self.write_layer(vm, KIND_FULL, &slots, &runs, state)?;
         harvest.commit();
         summary.harvest_time = harvest_time;
@@ -98,8 +108,9 @@ impl SnapshotWriter {
 
     /// Writes an incremental layer: the pages dirtied since the previous layer, by the guest
     /// or through boot RAM's `GuestMemory`, and `state`. Refused with
-    /// [`Error::DirtyTrackingOff`] while the tracking of the VMM's writes is off (it was
-    /// turned off after the full layer): the layer could miss what the VMM wrote.
+    /// [`Error::DirtyTrackingOff`] once the tracking of the VMM's writes has been off at any
+    /// time since the full layer (even if it is back on): the layer could miss what the VMM
+    /// wrote meanwhile. Such a snapshot takes a new full layer.
     pub fn write_incremental(&mut self, vm: &dyn Vm, state: &[u8]) -> Result<LayerSummary> {
         if self.next == 0 {
             return Err(Error::FirstLayerKind {
@@ -109,7 +120,9 @@ impl SnapshotWriter {
                 expected: "full",
             });
         }
-        if !vm.get_memory().dirty_tracking() {
+        check_state(&self.dir, self.next, state)?;
+        let mem = vm.get_memory();
+        if !mem.dirty_tracking() || mem.dirty_tracking_epoch() != self.tracking_epoch {
             return Err(Error::DirtyTrackingOff {
                 sequence: self.next,
             });
@@ -120,7 +133,7 @@ impl SnapshotWriter {
         harvest.for_each_run(|run| dirty.push(run));
         let harvest_time = begun.elapsed();
         let slots = logged_slots(vm);
-        let runs = mapped_parts(vm, &dirty)?;
+        let runs = mapped_parts(vm, &slots, &dirty)?;
         let mut summary = self.write_layer(vm, KIND_INCREMENTAL, &slots, &runs, state)?;
         harvest.commit();
         summary.harvest_time = harvest_time;
@@ -149,12 +162,19 @@ impl SnapshotWriter {
                 source,
             }
         };
-        // Read too: the checksum is taken of what the file holds.
+        // A new file of our own, whatever was left at its name (a failed layer's file, or a
+        // FIFO or link someone put there, which must not be followed or waited on). Read
+        // too: the checksum is taken of what the file holds.
+        match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("create", &temp)(e));
+            }
+            _ => {}
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&temp)
             .map_err(io("create", &temp))?;
         let data_len: u64 = runs.iter().map(|r| r.len).sum();
@@ -293,11 +313,19 @@ fn write_runs(
         let mut done = 0;
         while done < r.len {
             let n = (r.len - done).min(CHUNK as u64) as usize;
-            vm.with_slot_memory(r.slot, (r.offset + done) as usize, n, &mut |slice| {
+            let at = (r.offset + done) as usize;
+            let mut handed = None;
+            vm.with_slot_memory(r.slot, at, n, &mut |slice| {
+                // The kernel reads as many bytes as asked: never more than the slice holds.
+                if slice.size() != n {
+                    handed = Some(slice.size());
+                    return Ok(());
+                }
                 let mut put = 0;
                 while put < n {
-                    // SAFETY: the kernel reads `n - put` bytes inside `slice`, which names live
-                    // guest memory for as long as this closure runs.
+                    // SAFETY: the kernel reads `n - put` bytes inside `slice` (which is `n`
+                    // bytes long, checked above), live guest memory for as long as this
+                    // closure runs.
                     let ret = unsafe {
                         libc::pwrite(
                             std::os::fd::AsRawFd::as_raw_fd(file),
@@ -327,6 +355,14 @@ fn write_runs(
                 },
                 e => Error::Vm(e),
             })?;
+            if let Some(got) = handed {
+                return Err(Error::ShortSlice {
+                    slot: r.slot,
+                    offset: at,
+                    asked: n,
+                    got,
+                });
+            }
             done += n as u64;
             offset += n as u64;
             // A checksum thread that stopped has its error waiting in its join.
@@ -366,25 +402,25 @@ fn checksum_file(
 
 /// The parts of `runs` (in slot and offset order) that their slots map read-write, in the
 /// same order: what a layer can hold. An arena's holes and read-only sub-mappings hold no
-/// data the guest or the VMM can have written through it, and are left out.
-fn mapped_parts(vm: &dyn Vm, runs: &[DirtyRun]) -> Result<Vec<DirtyRun>> {
+/// data the guest or the VMM can have written through it, and are left out. The VM's list of
+/// mappings is checked (in order, no overlap, inside the slot) before it is believed.
+fn mapped_parts(vm: &dyn Vm, slots: &[SlotInfo], runs: &[DirtyRun]) -> Result<Vec<DirtyRun>> {
     let mut parts = Vec::with_capacity(runs.len());
-    let mut mappings = Vec::new();
+    let mut mapped: Vec<(u64, u64)> = Vec::new();
     let mut mapped_slot = None;
     for r in runs {
         if mapped_slot != Some(r.slot) {
-            mappings = vm.slot_mappings(r.slot)?;
-            mappings.retain(|m| m.protection.allows(&base::Protection::read_write()));
+            let size = slots
+                .iter()
+                .find(|s| s.slot == r.slot)
+                .map_or(0, |s| s.size);
+            mapped = writable_ranges(vm, r.slot, size)?;
             mapped_slot = Some(r.slot);
         }
-        let (start, end) = (r.offset, r.offset + r.len);
-        let first = mappings.partition_point(|m| (m.offset + m.size) as u64 <= start);
-        for m in mappings[first..]
-            .iter()
-            .take_while(|m| (m.offset as u64) < end)
-        {
-            let from = start.max(m.offset as u64);
-            let to = end.min((m.offset + m.size) as u64);
+        let (start, end) = (r.offset, r.offset.saturating_add(r.len));
+        let first = mapped.partition_point(|&(_, to)| to <= start);
+        for &(from, to) in mapped[first..].iter().take_while(|&&(from, _)| from < end) {
+            let (from, to) = (start.max(from), end.min(to));
             parts.push(DirtyRun {
                 slot: r.slot,
                 guest_addr: vm_memory::GuestAddress(r.guest_addr.0 - r.offset + from),
@@ -394,6 +430,44 @@ fn mapped_parts(vm: &dyn Vm, runs: &[DirtyRun]) -> Result<Vec<DirtyRun>> {
         }
     }
     Ok(parts)
+}
+
+/// The read-write mapped ranges (start, end) of slot `slot` of `size` bytes, in order, from
+/// the VM's list once it is seen to hold.
+fn writable_ranges(vm: &dyn Vm, slot: MemSlot, size: u64) -> Result<Vec<(u64, u64)>> {
+    let bad = |why: String| Error::BadSlotMappings { slot, why };
+    let mut ranges = Vec::new();
+    let mut prev_end = 0u64;
+    for m in vm.slot_mappings(slot)? {
+        let (from, len) = (m.offset as u64, m.size as u64);
+        let Some(to) = from.checked_add(len).filter(|&to| to <= size) else {
+            return Err(bad(format!(
+                "{from:#x}+{len:#x} is not inside its {size:#x} bytes"
+            )));
+        };
+        if from < prev_end {
+            return Err(bad(format!(
+                "{from:#x} comes before the end of the mapping before it, {prev_end:#x}"
+            )));
+        }
+        prev_end = to;
+        if m.protection.allows(&base::Protection::read_write()) {
+            ranges.push((from, to));
+        }
+    }
+    Ok(ranges)
+}
+
+/// Refuses a state that no reader would take.
+fn check_state(dir: &Path, sequence: u32, state: &[u8]) -> Result<()> {
+    if state.len() as u64 > MAX_STATE_LEN {
+        return Err(Error::StateTooLarge {
+            path: dir.join(layer_name(sequence)),
+            len: state.len() as u64,
+            max: MAX_STATE_LEN,
+        });
+    }
+    Ok(())
 }
 
 /// The slots a layer covers: those that log dirty pages.
