@@ -49,6 +49,15 @@ fn nothing_is_marked_while_tracking_is_off() {
     mem.set_dirty_tracking(false);
     clone.write_obj_at_addr(1u8, GuestAddress(3 * P)).unwrap();
     assert_eq!(harvest(&mem), []);
+    // The epoch moves each time tracking goes off (on any clone), never when it goes on: the
+    // same epoch, with tracking on, at two points means no write between went unmarked.
+    let before = mem.dirty_tracking_epoch();
+    mem.set_dirty_tracking(true);
+    assert_eq!(clone.dirty_tracking_epoch(), before);
+    clone.set_dirty_tracking(false);
+    assert_eq!(mem.dirty_tracking_epoch(), before + 1);
+    mem.set_dirty_tracking(false);
+    assert_eq!(mem.dirty_tracking_epoch(), before + 2);
 }
 
 #[test]
