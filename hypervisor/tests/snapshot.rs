@@ -769,6 +769,25 @@ fn arena_slots_hand_out_and_snapshot_only_their_read_write_parts() {
         .collect();
     let (rw, ro) = (base::Protection::read_write(), base::Protection::read());
     assert_eq!(mappings, [(0, 2, rw), (4, 1, ro), (6, 2, rw)]);
+    // Boot RAM is one read-write mapping; an arena with nothing in it has none; a slot that
+    // is not there is named.
+    let ram: Vec<_> = vm.slot_mappings(0).unwrap();
+    assert_eq!(
+        ram.iter()
+            .map(|m| (m.offset, m.size, m.protection))
+            .collect::<Vec<_>>(),
+        [(0, RAM as usize, rw)]
+    );
+    let (other, _o) = vm_with_program(&kvm, RAM, &[]);
+    let empty = add(
+        &other,
+        base::MemoryMappingArena::new(4 * P as usize).unwrap(),
+    );
+    assert_eq!(other.slot_mappings(empty).unwrap(), []);
+    assert!(matches!(
+        vm.slot_mappings(77),
+        Err(hypervisor::Error::UnknownSlot { slot: 77 })
+    ));
     // No slice over a hole or over read-only memory: each refusal names where it starts.
     for (offset, size, at) in [(2 * P, 8, 2 * P), (P, 2 * P, 2 * P), (4 * P, 8, 4 * P)] {
         let err = vm
